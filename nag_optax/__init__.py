@@ -1,0 +1,19 @@
+"""nag_optax: exact Nesterov-accelerated optimisation for JAX, as optax transforms."""
+
+from nag_optax import momentum_schedules
+from nag_optax._alias import nesterov
+from nag_optax._eval_params import nesterov_eval_params
+from nag_optax._nesterov import NesterovState
+from nag_optax._nesterov import ScaleByNesterovState
+from nag_optax._nesterov import scale_by_nesterov
+
+__version__ = "0.1.0"
+
+__all__ = (
+  "NesterovState",
+  "ScaleByNesterovState",
+  "momentum_schedules",
+  "nesterov",
+  "nesterov_eval_params",
+  "scale_by_nesterov",
+)
