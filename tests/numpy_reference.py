@@ -110,3 +110,42 @@ def nag_count(kappa, tol, mu, max_steps=100_000):
     if f(theta) <= tol * f0:
       return t + 1
   return None
+
+
+def restarted_nag_count(kappa, tol, mu, scheme, restart_every=None, max_steps=100_000):
+  """O'Donoghue and Candes (2015), accelerated gradient with adaptive restart.
+
+  x_{k+1} = y_k - (1/L) grad f(y_k);  y_{k+1} = x_{k+1} + beta_j (x_{k+1} - x_k)
+  with beta_j = mu(j), j the iterations since the last restart. "gradient":
+  restart when grad f(y_k)'(x_{k+1} - x_k) > 0; "function": when the loss at
+  the gradient's point went up, f(y_k) > f(y_{k-1}) (nag_optax receives the
+  loss where the gradient is taken). A restart keeps x_{k+1}, sets
+  y_{k+1} = x_{k+1} and j = 0. Counted on x. Returns (count, restarts).
+  """
+  lam, f, grad = quadratic(kappa)
+  x = np.ones_like(lam)
+  y = x.copy()
+  f0 = f(x)
+  j, restarts, prev = 0, 0, np.inf
+  for k in range(max_steps):
+    g = grad(y)
+    x_new = y - g
+    if scheme == "gradient":
+      restart = g @ (x_new - x) > 0
+    elif scheme == "function":
+      restart = f(y) > prev
+    else:
+      restart = False
+    prev = f(y)
+    if restart_every is not None and j + 1 >= restart_every:
+      restart = True
+    if restart:
+      j, restarts = 0, restarts + 1
+      y = x_new.copy()
+    else:
+      j += 1
+      y = x_new + mu(j) * (x_new - x)
+    x = x_new
+    if f(x) <= tol * f0:
+      return k + 1, restarts
+  return None, restarts
