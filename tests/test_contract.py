@@ -1,0 +1,255 @@
+"""The contract every optimizer of nag_optax keeps (optax's alias_test habits).
+
+The registry is built from ``nag_optax.__all__``: every function whose first
+argument is ``learning_rate`` is an optimizer, every ``scale_by_*`` a
+direction chained with a learning rate. Anything else exported must be listed
+in NOT_OPTIMIZERS, so a new optimizer joins this battery automatically.
+"""
+
+import inspect
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nag_optax
+
+# Exports that are not optimizer factories (states, modules, utilities,
+# wrappers of another optimizer, which have their own tests).
+NOT_OPTIMIZERS = {
+  "accumulate_gradients",
+  "momentum_schedules",
+  "nesterov_eval_params",
+  "parallel",
+}
+
+# Learning rates where the defaults (quadratic 0.1, Rosenbrock 1e-3) do not fit.
+LEARNING_RATES = {
+  "nadam": {"quadratic": 0.05, "rosenbrock": 0.01},
+  "scale_by_nadam": {"quadratic": 0.05, "rosenbrock": 0.01},
+  "adan": {"quadratic": 0.05, "rosenbrock": 0.01},
+  "scale_by_adan": {"quadratic": 0.05, "rosenbrock": 0.01},
+}
+
+# Extra keyword variants run through the whole battery.
+VARIANTS = {
+  "nesterov": [
+    {"form": "sutskever"},
+    {"restart": "gradient"},
+    {"weight_decay": 1e-4, "decoupled_weight_decay": True},
+    {"stochastic_rounding": True, "accumulator_dtype": "bfloat16"},
+  ],
+}
+
+
+def _is_optimizer_factory(name, obj):
+  if not inspect.isfunction(obj):
+    return False
+  params = list(inspect.signature(obj).parameters)
+  return name.startswith("scale_by_") or (params and params[0] == "learning_rate")
+
+
+def _exports():
+  return {name: getattr(nag_optax, name) for name in nag_optax.__all__}
+
+
+def _registry():
+  entries = []
+  for name, obj in sorted(_exports().items()):
+    if not _is_optimizer_factory(name, obj):
+      continue
+    for variant in [{}, *VARIANTS.get(name, [])]:
+      label = name + "".join(f"-{k}={v}" for k, v in variant.items())
+      entries.append(pytest.param(name, obj, variant, id=label))
+  return entries
+
+
+REGISTRY = _registry()
+
+
+def _make(name, factory, variant, lr):
+  if name.startswith("scale_by_"):
+    return optax.chain(factory(**variant), optax.scale_by_learning_rate(lr))
+  return factory(lr, **variant)
+
+
+def _lr(name, problem):
+  return LEARNING_RATES.get(name, {}).get(
+    problem, {"quadratic": 0.1, "rosenbrock": 1e-3}[problem]
+  )
+
+
+def test_every_export_is_classified():
+  for name, obj in _exports().items():
+    if name in NOT_OPTIMIZERS or inspect.isclass(obj) or inspect.ismodule(obj):
+      continue
+    assert _is_optimizer_factory(name, obj), (
+      f"nag_optax.{name} is neither an optimizer factory nor listed in "
+      "NOT_OPTIMIZERS: add it to one so the contract battery covers it."
+    )
+  assert len(REGISTRY) >= 2
+
+
+PARAMS = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0]]), "b": jnp.ones(2)}
+TARGET = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), PARAMS)
+CURVATURE = {"w": jnp.linspace(0.5, 2.0, 6).reshape(3, 2), "b": jnp.array([1.0, 0.7])}
+
+
+def _quadratic(params):
+  terms = jax.tree.map(
+    lambda p, t, a: 0.5 * jnp.sum(a * (p - t) ** 2), params, TARGET, CURVATURE
+  )
+  return sum(jax.tree.leaves(terms))
+
+
+def _rosenbrock(params):
+  x, y = params["xy"][0], params["xy"][1]
+  return (1.0 - x) ** 2 + 100.0 * (y - x**2) ** 2
+
+
+def _minimize(tx, loss, params, steps):
+  @jax.jit
+  def run(params):
+    def step(carry, _):
+      params, state = carry
+      value, grads = jax.value_and_grad(loss)(params)
+      updates, state = tx.update(grads, state, params, value=value)
+      return (optax.apply_updates(params, updates), state), None
+
+    return jax.lax.scan(step, (params, tx.init(params)), length=steps)[0][0]
+
+  return run(params)
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_converges_on_a_quadratic(name, factory, variant):
+  tx = _make(name, factory, variant, _lr(name, "quadratic"))
+  final = _minimize(tx, _quadratic, PARAMS, 500)
+  chex.assert_trees_all_close(final, TARGET, atol=2e-2)
+  assert float(_quadratic(final)) < 1e-3 * float(_quadratic(PARAMS))
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_converges_on_rosenbrock(name, factory, variant):
+  tx = _make(name, factory, variant, _lr(name, "rosenbrock"))
+  start = {"xy": jnp.array([-1.2, 1.0])}
+  final = _minimize(tx, _rosenbrock, start, 6000)
+  np.testing.assert_allclose(final["xy"], [1.0, 1.0], atol=1e-2)
+
+
+def _one_step_inputs(dtype=jnp.float32):
+  params = jax.tree.map(lambda x: x.astype(dtype), PARAMS)
+  grads = jax.tree.map(lambda x: (0.1 * x + 0.05).astype(dtype), PARAMS)
+  return params, grads
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_traces_once_and_accepts_unknown_extra_args(name, factory, variant):
+  chex.clear_trace_counter()  # counts are kept per code object across cases
+  tx = _make(name, factory, variant, 0.1)
+  params, grads = _one_step_inputs()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def update(grads, state, params):
+    return tx.update(grads, state, params, value=jnp.float32(1.0), unknown_arg=3)
+
+  state = tx.init(params)
+  for _ in range(3):
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_same_result_under_inject_hyperparams(name, factory, variant):
+  if name.startswith("scale_by_"):
+    factory_of_lr = lambda lr, **kw: optax.chain(
+      factory(**kw), optax.scale_by_learning_rate(lr)
+    )
+    injected = optax.inject_hyperparams(factory)(**variant)
+    injected = optax.chain(injected, optax.scale_by_learning_rate(0.1))
+    plain = factory_of_lr(0.1, **variant)
+  else:
+    injected = optax.inject_hyperparams(factory)(learning_rate=0.1, **variant)
+    plain = factory(0.1, **variant)
+  params, grads = _one_step_inputs()
+  results = []
+  for tx in (plain, injected):
+    p, state = params, tx.init(params)
+    for _ in range(4):
+      updates, state = tx.update(grads, state, p, value=jnp.float32(1.0))
+      p = optax.apply_updates(p, updates)
+    results.append(p)
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_updates_keep_the_gradient_dtype(name, factory, variant, dtype):
+  with jax.enable_x64(dtype == "float64"):
+    tx = _make(name, factory, variant, 0.1)
+    params, grads = _one_step_inputs(dtype)
+    state = tx.init(params)
+    for _ in range(2):
+      updates, state = tx.update(grads, state, params, value=jnp.float32(1.0))
+      params = optax.apply_updates(params, updates)
+    for leaf in jax.tree.leaves(updates):
+      assert leaf.dtype == jnp.dtype(dtype)
+      assert bool(jnp.all(jnp.isfinite(leaf)))
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_honours_accumulator_dtype(name, factory, variant):
+  if "accumulator_dtype" not in inspect.signature(factory).parameters:
+    pytest.skip(f"{name} has no accumulator_dtype")
+  variant = {**variant, "accumulator_dtype": jnp.bfloat16}
+  tx = _make(name, factory, variant, 0.1)
+  params, grads = _one_step_inputs()
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params, value=jnp.float32(1.0))
+  param_shapes = {x.shape for x in jax.tree.leaves(params)}
+  buffers = [
+    x
+    for x in jax.tree.leaves(state)
+    if x.shape in param_shapes and jnp.issubdtype(x.dtype, jnp.floating)
+  ]
+  assert buffers and all(x.dtype == jnp.bfloat16 for x in buffers)
+  assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_state_is_stable_through_lax_cond(name, factory, variant):
+  tx = _make(name, factory, variant, 0.1)
+  params, grads = _one_step_inputs()
+  state = tx.init(params)
+
+  @jax.jit
+  def maybe_update(pred, state):
+    return jax.lax.cond(
+      pred,
+      lambda s: s,
+      lambda s: tx.update(grads, s, params, value=jnp.float32(1.0))[1],
+      state,
+    )
+
+  spec = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+  for pred in (False, True, False):
+    state = maybe_update(pred, state)
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == spec
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_zero_updates_on_multisteps_micro_steps(name, factory, variant):
+  tx = optax.MultiSteps(_make(name, factory, variant, 0.1), every_k_schedule=3)
+  params, grads = _one_step_inputs()
+  state = tx.init(params)
+  for micro in range(6):
+    updates, state = tx.update(grads, state, params, value=jnp.float32(1.0))
+    norm = float(optax.tree.norm(updates))
+    if micro % 3 < 2:
+      assert norm == 0.0
+    else:
+      assert norm > 0.0
