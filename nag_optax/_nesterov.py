@@ -113,7 +113,10 @@ def nesterov_transform(
   if direction_only and (
     form != "pytorch" or not _validation.is_static_zero(weight_decay)
   ):
-    raise ValueError("the direction-only transform has no learning rate.")
+    raise ValueError(
+      "scale_by_nesterov is the PyTorch-form direction only: use "
+      "nag_optax.nesterov for form='sutskever' or weight decay."
+    )
   state_cls = ScaleByNesterovState if direction_only else NesterovState
   if not direction_only:
     _validation.check_interval("learning_rate", learning_rate, 0.0)
