@@ -1,8 +1,14 @@
 """nag_optax: exact Nesterov-accelerated optimisation for JAX, as optax transforms."""
 
 from nag_optax import momentum_schedules
+from nag_optax._adan import ScaleByAdanState
+from nag_optax._adan import adan
+from nag_optax._adan import scale_by_adan
 from nag_optax._alias import nesterov
 from nag_optax._eval_params import nesterov_eval_params
+from nag_optax._nadam import ScaleByNadamState
+from nag_optax._nadam import nadam
+from nag_optax._nadam import scale_by_nadam
 from nag_optax._nesterov import NesterovState
 from nag_optax._nesterov import ScaleByNesterovState
 from nag_optax._nesterov import scale_by_nesterov
@@ -11,9 +17,15 @@ __version__ = "0.1.0"
 
 __all__ = (
   "NesterovState",
+  "ScaleByAdanState",
+  "ScaleByNadamState",
   "ScaleByNesterovState",
+  "adan",
   "momentum_schedules",
+  "nadam",
   "nesterov",
   "nesterov_eval_params",
+  "scale_by_adan",
+  "scale_by_nadam",
   "scale_by_nesterov",
 )

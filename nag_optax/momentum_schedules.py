@@ -167,14 +167,17 @@ def dozat(
 
   Args:
     b1: the asymptotic momentum :math:`b_1` in [0, 1).
-    momentum_decay: :math:`\psi \ge 0`.
+    momentum_decay: :math:`\psi \ge 0`; ``inf`` gives the constant
+      :math:`b_1` (optax's ``nadam``).
 
   References:
     Dozat, Incorporating Nesterov Momentum into Adam, 2016,
     https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
   """
   _validation.check_interval("b1", b1, 0.0, 1.0)
-  _validation.check_interval("momentum_decay", momentum_decay, 0.0)
+  _validation.check_interval(
+    "momentum_decay", momentum_decay, 0.0, np.inf, high_inclusive=True
+  )
 
   def schedule(count):
     dtype = _precision.scalar_dtype()

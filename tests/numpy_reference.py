@@ -149,3 +149,91 @@ def restarted_nag_count(kappa, tol, mu, scheme, restart_every=None, max_steps=10
     if f(x) <= tol * f0:
       return k + 1, restarts
   return None, restarts
+
+
+def torch_nadam(
+  p0,
+  grad_fn,
+  steps,
+  lr,
+  betas=(0.9, 0.999),
+  eps=1e-8,
+  weight_decay=0.0,
+  momentum_decay=4e-3,
+  decoupled_weight_decay=False,
+):
+  """torch.optim.NAdam, `_single_tensor_nadam` (PyTorch 2.x)."""
+  beta1, beta2 = betas
+  p = np.array(p0, np.float64)
+  exp_avg, exp_avg_sq, mu_product = np.zeros_like(p), np.zeros_like(p), 1.0
+  out = []
+  for t in range(steps):
+    grad = grad_fn(p)
+    step = t + 1
+    bias_correction2 = 1 - beta2**step
+    if weight_decay != 0:
+      if decoupled_weight_decay:
+        p = p * (1 - lr * weight_decay)
+      else:
+        grad = grad + weight_decay * p
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product *= mu
+    exp_avg = exp_avg + (grad - exp_avg) * (1 - beta1)  # lerp_
+    exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+    denom = np.sqrt(exp_avg_sq / bias_correction2) + eps
+    mu_product_next = mu_product * mu_next
+    p = p + grad / denom * (-lr * (1.0 - mu) / (1.0 - mu_product))
+    p = p + exp_avg / denom * ((-lr * mu_next) / (1.0 - mu_product_next))
+    out.append(p.copy())
+  return out
+
+
+def reference_adan(
+  p0,
+  grad_fn,
+  steps,
+  lr,
+  betas=(0.98, 0.92, 0.99),
+  eps=1e-8,
+  weight_decay=0.0,
+  max_grad_norm=0.0,
+  no_prox=False,
+):
+  """sail-sg/Adan `adan.py`: `Adan.step` and `_single_tensor_adan`, one group."""
+  beta1, beta2, beta3 = betas
+  p = np.array(p0, np.float64)
+  exp_avg, exp_avg_sq, exp_avg_diff = (np.zeros_like(p) for _ in range(3))
+  neg_pre_grad = None
+  out = []
+  for step in range(1, steps + 1):
+    grad = grad_fn(p)
+    if max_grad_norm > 0:
+      clip = min(max_grad_norm / (np.sqrt(np.sum(grad**2)) + eps), 1.0)
+    else:
+      clip = 1.0
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    bias_correction3 = 1.0 - beta3**step
+    if neg_pre_grad is None:
+      neg_pre_grad = grad * -clip
+    grad = grad * clip
+    neg_grad_or_diff = neg_pre_grad + grad
+    exp_avg = exp_avg * beta1 + grad * (1 - beta1)
+    exp_avg_diff = exp_avg_diff * beta2 + neg_grad_or_diff * (1 - beta2)
+    neg_grad_or_diff = neg_grad_or_diff * beta2 + grad
+    exp_avg_sq = exp_avg_sq * beta3 + neg_grad_or_diff**2 * (1 - beta3)
+    denom = np.sqrt(exp_avg_sq) / np.sqrt(bias_correction3) + eps
+    step_size_diff = lr * beta2 / bias_correction2
+    step_size = lr / bias_correction1
+    if no_prox:
+      p = p * (1 - lr * weight_decay)
+      p = p - step_size * exp_avg / denom
+      p = p - step_size_diff * exp_avg_diff / denom
+    else:
+      p = p - step_size * exp_avg / denom
+      p = p - step_size_diff * exp_avg_diff / denom
+      p = p / (1 + lr * weight_decay)
+    neg_pre_grad = -grad
+    out.append(p.copy())
+  return out
