@@ -147,13 +147,39 @@ def jax_candidate(name, tx, shapes, grads):
   return Candidate(name, lambda carry: compiled(*carry, grads), (params, state)), stats
 
 
-def torch_candidate(name, shapes, grads, **flags):
+def torch_device() -> str | None:
+  """Where PyTorch runs: JAX's platform if torch has it there, else None.
+
+  On a GPU machine a CPU-only torch would not be a fair baseline: skipped.
+  """
+  if torch is None:
+    return None
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "cpu"
+  if backend == "gpu" and torch.cuda.is_available():
+    return "cuda"
+  return None
+
+
+def torch_sync(device):
+  if device == "cuda":
+
+    def sync(carry):
+      torch.cuda.synchronize()
+      return carry
+
+    return sync
+  return lambda carry: carry
+
+
+def torch_candidate(name, shapes, grads, device, **flags):
   params = [
-    torch.from_numpy(np.array(v)).requires_grad_(True)
+    torch.from_numpy(np.array(v)).to(device).requires_grad_(True)
     for v in make_tree(shapes, seed=1).values()
   ]
   for p, g in zip(params, grads.values(), strict=True):
-    p.grad = torch.from_numpy(np.array(g))
+    p.grad = torch.from_numpy(np.array(g)).to(device)
   opt = torch.optim.SGD(
     params, lr=LEARNING_RATE, momentum=MOMENTUM, nesterov=True, **flags
   )
@@ -163,10 +189,10 @@ def torch_candidate(name, shapes, grads, **flags):
       opt.step()
     return carry
 
-  return Candidate(name, step, (params, opt), sync=lambda c: c)
+  return Candidate(name, step, (params, opt), sync=torch_sync(device))
 
 
-def bandwidth(n: int, quick: bool, use_torch: bool) -> dict[str, object]:
+def bandwidth(n: int, quick: bool, device: str | None) -> dict[str, object]:
   """In-place ``x += y`` on ``n`` float32: 12 bytes per element moved.
 
   Timed as a jitted JAX function with ``x`` donated and, where installed, as
@@ -179,10 +205,15 @@ def bandwidth(n: int, quick: bool, use_torch: bool) -> dict[str, object]:
     Candidate(name, lambda x: add(x, y), jnp.zeros(n, jnp.float32))
     for name in (SACRIFICE, "jax add")
   ]
-  if use_torch:
-    ty = torch.from_numpy(np.array(y))
+  if device is not None:
+    ty = torch.from_numpy(np.array(y)).to(device)
     candidates.append(
-      Candidate("torch add_", lambda x: x.add_(ty), torch.zeros(n), sync=lambda c: c)
+      Candidate(
+        "torch add_",
+        lambda x: x.add_(ty),
+        torch.zeros(n, device=device),
+        sync=torch_sync(device),
+      )
     )
   times = interleaved(candidates, warmup=3, rounds=4 if quick else 10, per_round=2)
   for c in candidates:
@@ -209,7 +240,7 @@ def per_round_ratios(times, base, per_round):
   ]
 
 
-def make_candidates(names, shapes, grads):
+def make_candidates(names, shapes, grads, device):
   """Candidates in the order of ``names``, after a sacrificial one.
 
   In this process the first tree of buffers allocated for a case ran up to
@@ -225,12 +256,12 @@ def make_candidates(names, shapes, grads):
       candidate, stats[name] = jax_candidate(name, optimizers[name], shapes, grads)
     else:
       flag = {"torch foreach": "foreach", "torch fused": "fused"}[name]
-      candidate = torch_candidate(name, shapes, grads, **{flag: True})
+      candidate = torch_candidate(name, shapes, grads, device, **{flag: True})
     candidates.append(candidate)
   return candidates, stats
 
 
-def run_case(label, shapes, *, quick, limit_gbs, use_torch):
+def run_case(label, shapes, *, quick, limit_gbs, device):
   """Times every candidate on one tree: two blocks, creation order reversed.
 
   Within a block the candidates alternate round by round (see
@@ -240,7 +271,7 @@ def run_case(label, shapes, *, quick, limit_gbs, use_torch):
   n_params = int(sum(np.prod(s) for s in shapes))
   grads = make_tree(shapes, seed=2, scale=1e-3)
   names = list(jax_optimizers())
-  if use_torch:
+  if device is not None:
     names += ["torch foreach", "torch fused"]
   per_round = 2
   rounds = 3 if quick else (6 if n_params >= 50_000_000 else 8)
@@ -250,7 +281,7 @@ def run_case(label, shapes, *, quick, limit_gbs, use_torch):
   ratios = {name: [] for name in names}
   for block in range(blocks):
     order = names if block % 2 == 0 else names[::-1]
-    candidates, stats = make_candidates(order, shapes, grads)
+    candidates, stats = make_candidates(order, shapes, grads, device)
     block_times = interleaved(candidates, warmup=3, rounds=rounds, per_round=per_round)
     for c in candidates:
       c.release()
@@ -340,16 +371,19 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
   env = environment()
-  use_torch = torch is not None and not args.no_torch
-  if use_torch:
+  device = None if args.no_torch else torch_device()
+  env["torch_device"] = device
+  if device is not None:
     env["torch_threads"] = torch.get_num_threads()
 
-  limit = bandwidth(BANDWIDTH_ELEMENTS, args.quick, use_torch)
+  limit = bandwidth(BANDWIDTH_ELEMENTS, args.quick, device)
   limit_kernel = max(limit, key=lambda k: limit[k]["gb_per_s"])
   limit_gbs = limit[limit_kernel]["gb_per_s"]
+  kinds = sorted({d["device_kind"] for d in env["devices"]})
   print(
-    f"CPU, {env['machine']['cpu_model']}, {env['machine']['cpu_count']} cores;"
-    f" load average {env['load_average_start']}"
+    f"{jax.default_backend().upper()} ({', '.join(kinds)}); host"
+    f" {env['machine']['cpu_model']}, {env['machine']['cpu_count']} cores;"
+    f" load average {env['load_average_start']}; torch on {device}"
   )
   kernels = ", ".join(f"{k} {v['gb_per_s']:.1f} GB/s" for k, v in limit.items())
   print(
@@ -359,9 +393,7 @@ def main(argv=None):
 
   results = []
   for label, shapes in cases(args.quick).items():
-    case = run_case(
-      label, shapes, quick=args.quick, limit_gbs=limit_gbs, use_torch=use_torch
-    )
+    case = run_case(label, shapes, quick=args.quick, limit_gbs=limit_gbs, device=device)
     print_case(case)
     sys.stdout.flush()
     results.append(case)
