@@ -39,11 +39,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from _common import REPO_ROOT  # noqa: E402
-from _common import RESULTS_DIR  # noqa: E402
-from _common import environment  # noqa: E402
-from _common import markdown_table  # noqa: E402
-from _common import write_json  # noqa: E402
+
+if __package__:  # imported as benchmarks.<script> from the repository root
+  from benchmarks import _common
+else:  # run as python benchmarks/<script>.py
+  import _common  # noqa: E402
 
 import nag_optax  # noqa: E402
 from nag_optax import momentum_schedules as ms  # noqa: E402
@@ -51,7 +51,7 @@ from nag_optax import momentum_schedules as ms  # noqa: E402
 N_DIM = 200
 KAPPAS = (10.0, 100.0, 1000.0, 10000.0)
 TOLS = (1e-6, 1e-10)
-DATA_DIR = REPO_ROOT / "data" / "cifar-10-batches-py"
+DATA_DIR = _common.REPO_ROOT / "data" / "cifar-10-batches-py"
 
 # optimizers.md section 10, float64 reference counts.
 REFERENCE = {
@@ -358,7 +358,7 @@ def print_quadratic(results, kappas):
         + [f"{kappa**scale * math.log(1 / tol):.0f}" for kappa in kappas]
       )
     print(f"\nquadratic, n={N_DIM}, iterations to f <= {tol:g} f(x0)")
-    print(markdown_table(["method"] + [f"kappa={k:g}" for k in kappas], rows))
+    print(_common.markdown_table(["method"] + [f"kappa={k:g}" for k in kappas], rows))
 
 
 def disagreements(results):
@@ -453,7 +453,7 @@ def main(argv=None):
   parser.add_argument("--data-dir", type=pathlib.Path, default=DATA_DIR)
   parser.add_argument("--output", default=None, help="results name")
   args = parser.parse_args(argv)
-  env = environment()
+  env = _common.environment()
   start = time.perf_counter()
   kappas = KAPPAS[:3] if args.quick else KAPPAS
   results = quadratic_part(kappas, cap_scale=1.0)
@@ -490,7 +490,7 @@ def main(argv=None):
       f" iterations to (f - f*) <= tol (f0 - f*)"
     )
     print(
-      markdown_table(
+      _common.markdown_table(
         ["method", *(f"tol {t:g}" for t in TOLS), "restarts"],
         [
           [
@@ -510,11 +510,11 @@ def main(argv=None):
       file=sys.stderr,
     )
   name = args.output or ("convergence_quick" if args.quick else "convergence")
-  png = RESULTS_DIR / f"{name}.png"
-  RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+  png = _common.RESULTS_DIR / f"{name}.png"
+  _common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
   plot(results, kappas, logistic, png)
   payload["seconds"] = time.perf_counter() - start
-  path = write_json(name, payload, env)
+  path = _common.write_json(name, payload, env)
   print(f"\nwrote {path} and {png} in {payload['seconds']:.0f} s")
 
 

@@ -32,13 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import Candidate
-from _common import environment
-from _common import interleaved
-from _common import load_average
-from _common import markdown_table
-from _common import summarize
-from _common import write_json
+
+if __package__:  # imported as benchmarks.<script> from the repository root
+  from benchmarks import _common
+else:  # run as python benchmarks/<script>.py
+  import _common
 
 import nag_optax
 
@@ -144,7 +142,9 @@ def jax_candidate(name, tx, shapes, grads):
   compiled = step.lower(params, state, grads).compile()
   n_params = sum(x.size for x in jax.tree.leaves(params))
   stats = hlo_stats(compiled, n_params)
-  return Candidate(name, lambda carry: compiled(*carry, grads), (params, state)), stats
+  return _common.Candidate(
+    name, lambda carry: compiled(*carry, grads), (params, state)
+  ), stats
 
 
 def torch_device() -> str | None:
@@ -189,7 +189,7 @@ def torch_candidate(name, shapes, grads, device, **flags):
       opt.step()
     return carry
 
-  return Candidate(name, step, (params, opt), sync=torch_sync(device))
+  return _common.Candidate(name, step, (params, opt), sync=torch_sync(device))
 
 
 def bandwidth(n: int, quick: bool, device: str | None) -> dict[str, object]:
@@ -202,20 +202,22 @@ def bandwidth(n: int, quick: bool, device: str | None) -> dict[str, object]:
   y = jnp.asarray(rng.standard_normal(n, dtype=np.float32))
   add = jax.jit(lambda x, y: x + y, donate_argnums=0)
   candidates = [
-    Candidate(name, lambda x: add(x, y), jnp.zeros(n, jnp.float32))
+    _common.Candidate(name, lambda x: add(x, y), jnp.zeros(n, jnp.float32))
     for name in (SACRIFICE, "jax add")
   ]
   if device is not None:
     ty = torch.from_numpy(np.array(y)).to(device)
     candidates.append(
-      Candidate(
+      _common.Candidate(
         "torch add_",
         lambda x: x.add_(ty),
         torch.zeros(n, device=device),
         sync=torch_sync(device),
       )
     )
-  times = interleaved(candidates, warmup=3, rounds=4 if quick else 10, per_round=2)
+  times = _common.interleaved(
+    candidates, warmup=3, rounds=4 if quick else 10, per_round=2
+  )
   for c in candidates:
     c.release()
   del times[SACRIFICE]
@@ -224,7 +226,7 @@ def bandwidth(n: int, quick: bool, device: str | None) -> dict[str, object]:
     out[name] = {
       "bytes_per_element": 12,
       "gb_per_s": 12 * n / statistics.median(t) / 1e9,
-      **summarize(t),
+      **_common.summarize(t),
       "times_s": t,
     }
   return out
@@ -276,13 +278,15 @@ def run_case(label, shapes, *, quick, limit_gbs, device):
   per_round = 2
   rounds = 3 if quick else (6 if n_params >= 50_000_000 else 8)
   blocks = 1 if quick else 2
-  load_before = load_average()
+  load_before = _common.load_average()
   times = {name: [] for name in names}
   ratios = {name: [] for name in names}
   for block in range(blocks):
     order = names if block % 2 == 0 else names[::-1]
     candidates, stats = make_candidates(order, shapes, grads, device)
-    block_times = interleaved(candidates, warmup=3, rounds=rounds, per_round=per_round)
+    block_times = _common.interleaved(
+      candidates, warmup=3, rounds=rounds, per_round=per_round
+    )
     for c in candidates:
       c.release()
     for name in names:
@@ -299,7 +303,7 @@ def run_case(label, shapes, *, quick, limit_gbs, device):
     q = statistics.quantiles(r, n=4) if len(r) > 1 else r * 3
     gbs = BYTES_PER_PARAM * n_params / med / 1e9
     results[name] = {
-      **summarize(t),
+      **_common.summarize(t),
       "ratio_to_optax": med / base_med,
       "per_round_ratio_median": statistics.median(r),
       "per_round_ratio_q1_q3": [q[0], q[2]],
@@ -320,7 +324,7 @@ def run_case(label, shapes, *, quick, limit_gbs, device):
     "rounds_per_block": rounds,
     "per_round": per_round,
     "load_average_before": load_before,
-    "load_average_after": load_average(),
+    "load_average_after": _common.load_average(),
     "candidates": results,
   }
 
@@ -346,7 +350,7 @@ def print_case(case):
     f" load {case['load_average_before']}"
   )
   print(
-    markdown_table(
+    _common.markdown_table(
       [
         "optimizer",
         "median ms",
@@ -370,7 +374,7 @@ def main(argv=None):
     "--output", default=None, help="results name (default update_step[_quick])"
   )
   args = parser.parse_args(argv)
-  env = environment()
+  env = _common.environment()
   device = None if args.no_torch else torch_device()
   env["torch_device"] = device
   if device is not None:
@@ -399,7 +403,7 @@ def main(argv=None):
     results.append(case)
 
   name = args.output or ("update_step_quick" if args.quick else "update_step")
-  path = write_json(
+  path = _common.write_json(
     name,
     {
       "settings": {
