@@ -194,8 +194,20 @@ def nesterov_transform(
     keep = 1.0 - restart_now.astype(scalar)
     traces = jax.tree.map(lambda t: t * keep.astype(t.dtype), traces)
 
+    # Round into the buffer's dtype first and look ahead with the buffer as
+    # stored: the update then matches the state exactly (nesterov_eval_params
+    # stays exact with a bfloat16 buffer), and XLA need not keep a copy of
+    # the old buffer alive to recompute the unrounded value.
+    rng_key = state.rng_key
+    if stochastic_rounding:
+      rng_key, subkey = jax.random.split(rng_key)
+      stored = _store_stochastically(traces, state.trace, subkey)
+    else:
+      stored = jax.tree.map(lambda t, old: t.astype(old.dtype), traces, state.trace)
+
     def direction(g, t, p, raw, decays):
       c = lambda x: x.astype(g.dtype)
+      t = t.astype(g.dtype)
       if form == "sutskever":
         u = c(mu_next) * t - c(lr) * g
       elif direction_only:
@@ -207,7 +219,7 @@ def nesterov_transform(
       return u.astype(raw.dtype)
 
     new_updates = jax.tree.map(
-      direction, grads, traces, _params_or(params, updates), updates, decay_mask
+      direction, grads, stored, _params_or(params, updates), updates, decay_mask
     )
     if form == "sutskever":
       lookahead = mu_next
@@ -215,13 +227,6 @@ def nesterov_transform(
       lookahead = -mu_next
     else:
       lookahead = -lr * mu_next
-
-    rng_key = state.rng_key
-    if stochastic_rounding:
-      rng_key, subkey = jax.random.split(rng_key)
-      stored = _store_stochastically(traces, state.trace, subkey)
-    else:
-      stored = jax.tree.map(lambda t, old: t.astype(old.dtype), traces, state.trace)
 
     if restart == "function":
       prev_value = jnp.asarray(value, scalar)

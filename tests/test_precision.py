@@ -121,3 +121,27 @@ def test_hyperparameters_stay_float32_with_bf16_params():
   expected = 1 + 0.999 * (1 + 0.999)  # m_3 with mu = 0.999 exactly (float32)
   np.testing.assert_allclose(np.asarray(state.trace), expected, rtol=1e-6)
   assert state.lookahead.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("stochastic_rounding", [False, True])
+def test_eval_params_stay_exact_with_a_bfloat16_buffer(stochastic_rounding):
+  """The look-ahead uses the buffer as stored, so theta follows
+  theta_{t+1} = theta_t - lr (mu m_t + g_t) with m_t the stored bf16 buffer."""
+  lr, mu = 0.1, 0.9
+  tx = nag_optax.nesterov(
+    lr, mu, accumulator_dtype=jnp.bfloat16, stochastic_rounding=stochastic_rounding
+  )
+  rng = np.random.default_rng(0)
+  params = jnp.asarray(rng.normal(size=64), jnp.float32)
+  state = tx.init(params)
+  theta = nag_optax.nesterov_eval_params(state, params)
+  for _ in range(6):
+    grads = jnp.asarray(rng.normal(size=64), jnp.float32)
+    stored = state.trace.astype(jnp.float32)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    new_theta = nag_optax.nesterov_eval_params(state, params)
+    np.testing.assert_allclose(
+      new_theta - theta, -lr * (mu * stored + grads), rtol=1e-5, atol=1e-6
+    )
+    theta = new_theta
