@@ -185,6 +185,9 @@ def torch_candidate(name, shapes, grads, device, **flags):
   )
 
   def step(carry):
+    # The foreach path adds the look-ahead into p.grad in place, so the
+    # gradients grow from step to step; a candidate runs a few dozen steps,
+    # far from overflow, and the timing does not depend on the values.
     with torch.no_grad():
       opt.step()
     return carry
