@@ -1,0 +1,612 @@
+"""Data-parallel training steps: ``jax.pmap``, or ``jax.jit`` over a mesh.
+
+All of nag_optax's ``pmap``-specific code lives in this module. Two paths turn
+a loss function and an optimizer into a data-parallel training step; both
+return a :class:`DataParallel` (``init``, ``step``, ``shard_batch``,
+``to_host``) around a :class:`TrainState` (params, opt_state, model_state),
+and both run unchanged in several processes started with
+``jax.distributed.initialize``: every process feeds its host-local batch.
+
+``pmap_data_parallel``
+  Replicates everything on the local devices and splits each host batch
+  across them. With ``nag_optax.accumulate_gradients(..., axis_name=...)``
+  and ``reduce_gradients=False`` the gradients are averaged across devices
+  once per emitted step (micro-steps communicate nothing): the fastest path
+  when memory allows a full accumulator per device.
+
+``jit_data_parallel``
+  ``jax.jit`` with ``NamedSharding`` over a mesh with a data axis: the batch
+  is sharded, the parameters replicated, and the compiler inserts the
+  gradient all-reduce. ``zero1=True`` shards the optimizer state (momentum,
+  accumulator) over the data axis (ZeRO stage 1): each device holds 1/n of
+  it and the compiler inserts the gathers. The gradient is then reduced on
+  every micro-step (to 1/n shards), the price of the memory saved.
+
+Example (8 local devices, 4 micro-batches per step)::
+
+  import jax, jax.numpy as jnp, nag_optax
+  from nag_optax import parallel
+
+  def loss_fn(params, batch):
+    x, y = batch
+    return jnp.mean((x @ params["w"] - y) ** 2)
+
+  tx = nag_optax.accumulate_gradients(
+      nag_optax.nesterov(0.1, 0.9), 4, axis_name="batch")
+  dp = parallel.pmap_data_parallel(loss_fn, tx, reduce_gradients=False)
+  state = dp.init({"w": jnp.zeros((5, 1))})
+  for x, y in host_batches:                  # this host's share of the batch
+    state, metrics = dp.step(state, dp.shard_batch((x, y)))
+  params = dp.to_host(state.params)
+
+Data parallel on clusters
+-------------------------
+
+The same script runs on one device, several local devices, and several hosts.
+On several hosts, start one process per host (or per GPU) and call
+``jax.distributed.initialize()`` before anything else touches JAX:
+
+* **TPU pods** (Cloud TPU VMs): run the script on every worker (``gcloud
+  compute tpus tpu-vm ssh NAME --worker=all --command="python train.py"``);
+  ``jax.distributed.initialize()`` needs no arguments there.
+* **GPU clusters under SLURM** (``srun``) or Open MPI (``mpirun``): one
+  process per node or per GPU; ``jax.distributed.initialize()`` reads the
+  cluster from the environment. Elsewhere pass ``coordinator_address=
+  "host0:1234"``, ``num_processes`` and ``process_id`` on every process.
+* Each process loads its own shard of the data (e.g. ``dataset.shard(
+  jax.process_count(), jax.process_index())``) with the same per-process
+  batch size; ``dp.shard_batch`` turns it into the global batch (pmap:
+  split over local devices; jit: ``jax.make_array_from_process_local_data``).
+  The global batch is the per-process batch times ``jax.process_count()``.
+* Every process runs the same steps in the same order; checkpoint or log
+  from ``jax.process_index() == 0`` after ``dp.to_host`` (which gathers
+  ZeRO-sharded state across processes: call it on every process).
+* Try the multi-host code on one machine first:
+  ``python -m nag_optax.parallel -n 2 -d 4 python train.py`` starts 2
+  processes with 4 CPU devices each on 127.0.0.1; the script calls
+  :func:`initialize` (a no-op when not launched this way).
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+from nag_optax import _accumulation
+from nag_optax import _launch
+from nag_optax._launch import ProcessResult
+from nag_optax._launch import free_port
+from nag_optax._launch import launch_local
+
+__all__ = (
+  "DataParallel",
+  "ProcessResult",
+  "TrainState",
+  "batch_sharding",
+  "data_mesh",
+  "free_port",
+  "global_batch",
+  "initialize",
+  "jit_data_parallel",
+  "launch_local",
+  "pmap_data_parallel",
+  "replicate",
+  "split_batch",
+  "to_host",
+  "unreplicate",
+  "zero1_shardings",
+)
+
+
+class TrainState(NamedTuple):
+  """What a data-parallel step carries from one call to the next.
+
+  Attributes:
+    params: the model parameters.
+    opt_state: the optimizer state.
+    model_state: non-trained model variables (e.g. Flax ``batch_stats``), or
+      None. With model state, ``loss_fn(params, batch, model_state)`` returns
+      ``(loss, new_model_state)``.
+  """
+
+  params: Any
+  opt_state: Any
+  model_state: Any = None
+
+
+class DataParallel(NamedTuple):
+  """A data-parallel training step and the placement functions it needs.
+
+  Attributes:
+    init: ``init(params, model_state=None) -> TrainState`` placed on the
+      devices, with the optimizer state initialised there.
+    step: ``step(state, batch) -> (state, metrics)``, compiled once; the
+      input state is donated. ``metrics["loss"]`` (and ``metrics["aux"]``
+      with ``has_aux``) are per device under pmap (no collective), global
+      under jit.
+    shard_batch: this process's batch (leading axis the per-process batch
+      size) -> the batch ``step`` takes.
+    to_host: device tree -> one NumPy copy (first replica under pmap;
+      gathers sharded arrays under jit, across processes too).
+  """
+
+  init: Callable[..., TrainState]
+  step: Callable[[TrainState, Any], tuple[TrainState, Any]]
+  shard_batch: Callable[[Any], Any]
+  to_host: Callable[[Any], Any]
+
+
+# --------------------------------------------------------------------------
+# Multi-process start-up.
+
+
+def initialize(*, initialization_timeout: int = 120) -> bool:
+  """Joins the multi-process run started by :func:`launch_local`, if any.
+
+  Reads the coordinator, process id and device count that
+  :func:`launch_local` (or ``python -m nag_optax.parallel``) put in the
+  environment, sets the number of CPU devices and calls
+  ``jax.distributed.initialize`` bound to 127.0.0.1 only. Call it before any
+  other use of JAX. Without that environment it does nothing, so the same
+  script also runs as a single process; on a real cluster call
+  ``jax.distributed.initialize()`` yourself.
+
+  Args:
+    initialization_timeout: seconds to wait for all processes to connect.
+
+  Returns:
+    True if this process joined a multi-process run.
+  """
+  env = os.environ
+  if _launch.ENV_COORDINATOR not in env:
+    return False
+  address = env[_launch.ENV_COORDINATOR]
+  jax.config.update("jax_num_cpu_devices", int(env[_launch.ENV_LOCAL_DEVICES]))
+  jax.distributed.initialize(
+    coordinator_address=address,
+    coordinator_bind_address=address,
+    num_processes=int(env[_launch.ENV_NUM_PROCESSES]),
+    process_id=int(env[_launch.ENV_PROCESS_ID]),
+    initialization_timeout=initialization_timeout,
+  )
+  return True
+
+
+# --------------------------------------------------------------------------
+# The loss, shared by both paths.
+
+
+def _loss_and_grads(loss_fn, has_aux, params, batch, model_state):
+  """(loss, new_model_state, aux, grads) for either loss_fn signature."""
+  with_state = model_state is not None
+
+  def wrapped(p):
+    if not with_state:
+      out = loss_fn(p, batch)
+      loss, aux = out if has_aux else (out, None)
+      return loss, (None, aux)
+    out = loss_fn(p, batch, model_state)
+    if not (isinstance(out, tuple) and len(out) == 2):
+      raise ValueError(
+        "With model_state, loss_fn(params, batch, model_state) must return "
+        "(loss, new_model_state), or (loss, (new_model_state, aux)) with "
+        "has_aux=True."
+      )
+    loss, rest = out
+    new_state, aux = rest if has_aux else (rest, None)
+    return loss, (new_state, aux)
+
+  (loss, (new_model_state, aux)), grads = jax.value_and_grad(wrapped, has_aux=True)(
+    params
+  )
+  return loss, new_model_state, aux, grads
+
+
+def _metrics(loss, aux):
+  return {"loss": loss} if aux is None else {"loss": loss, "aux": aux}
+
+
+def _find_accumulation(opt_state):
+  is_state = lambda x: isinstance(x, _accumulation.AccumulateGradientsState)
+  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+
+
+# --------------------------------------------------------------------------
+# The pmap path.
+
+
+def replicate(tree: Any, *, axis_name: str = "batch") -> Any:
+  """Copies ``tree`` onto every local device, as ``jax.pmap`` places arrays.
+
+  Placing through a ``pmap`` with the same ``axis_name`` as the training
+  step gives the arrays the sharding that step's outputs have, so the step
+  traces and compiles once (host arrays, or another axis name, would make it
+  trace a second time). Works in multi-process runs (every process
+  replicates its own copy).
+
+  Args:
+    tree: a pytree of arrays.
+    axis_name: the axis name of the ``pmap`` that will consume the result.
+
+  Returns:
+    The tree with a leading axis of ``jax.local_device_count()``.
+  """
+  n = jax.local_device_count()
+  stacked = jax.tree.map(
+    lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree
+  )
+  return _identity_pmap(axis_name)(stacked)
+
+
+_IDENTITY_PMAPS: dict[str, Callable[[Any], Any]] = {}
+
+
+def _identity_pmap(axis_name):
+  if axis_name not in _IDENTITY_PMAPS:
+    _IDENTITY_PMAPS[axis_name] = jax.pmap(lambda x: x, axis_name=axis_name)
+  return _IDENTITY_PMAPS[axis_name]
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first local replica of a ``pmap``-placed tree, without a gather.
+
+  Reads ``addressable_shards[0]`` (indexing ``x[0]`` would gather the whole
+  array across devices, and fails across processes).
+  """
+
+  def first(x):
+    if isinstance(x, jax.Array):
+      return x.addressable_shards[0].data[0]
+    return np.asarray(x)[0]
+
+  return jax.tree.map(first, tree)
+
+
+def split_batch(batch: Any, num_devices: int | None = None) -> Any:
+  """Reshapes a host batch ``(B, ...)`` to ``(num_devices, B / num_devices, ...)``.
+
+  Args:
+    batch: a pytree of arrays sharing the leading (batch) dimension.
+    num_devices: defaults to ``jax.local_device_count()``.
+
+  Returns:
+    The batch with a leading device axis, for ``jax.pmap``.
+
+  Raises:
+    ValueError: if a leading dimension is not divisible by ``num_devices``.
+  """
+  n = jax.local_device_count() if num_devices is None else num_devices
+
+  def split(path, x):
+    x = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if x.ndim == 0 or x.shape[0] % n:
+      raise ValueError(
+        f"The batch leaf at {jax.tree_util.keystr(path)} has shape {x.shape}: "
+        f"its leading (batch) dimension must be divisible by the {n} local "
+        "devices. Use a per-process batch size that is a multiple of "
+        "jax.local_device_count()."
+      )
+    return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+  return jax.tree_util.tree_map_with_path(split, batch)
+
+
+def pmap_data_parallel(
+  loss_fn: Callable[..., Any],
+  optimizer: optax.GradientTransformation,
+  *,
+  axis_name: str = "batch",
+  reduce_gradients: bool = True,
+  has_aux: bool = False,
+  donate: bool = True,
+) -> DataParallel:
+  r"""A ``jax.pmap`` data-parallel training step over the local devices.
+
+  Each device computes the gradient of ``loss_fn`` on its slice of the batch;
+  the gradients are averaged across devices (all processes' devices in a
+  multi-process run), the optimizer updates the replicated parameters and all
+  replicas stay identical:
+
+  .. math::
+
+    g = \frac{1}{n} \sum_{d=1}^{n} \nabla_\theta \ell(\theta; B_d)
+
+  which equals the gradient on the full batch for a mean loss and equal
+  slices. Model state (``TrainState.model_state``, e.g. BatchNorm running
+  statistics) is averaged across devices on every step the optimizer emits
+  (every step without accumulation), so the replicas of it agree there too.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)`` with
+      ``has_aux``); with model state ``loss_fn(params, batch, model_state) ->
+      (loss, new_model_state)`` (or ``(loss, (new_model_state, aux))``).
+    optimizer: an optax optimizer.
+    axis_name: the ``pmap`` axis name (pass it to Flax ``BatchNorm``).
+    reduce_gradients: average the gradients in the step, on every call. Pass
+      False when ``optimizer`` is ``nag_optax.accumulate_gradients(...,
+      axis_name=axis_name)``, which averages them once per emitted step.
+    has_aux: whether ``loss_fn`` returns auxiliary outputs.
+    donate: donate the input state to the step (saves memory).
+
+  Returns:
+    A :class:`DataParallel`.
+
+  Raises:
+    ValueError: (at the first step) with ``reduce_gradients=False`` and no
+      ``accumulate_gradients`` state in the optimizer state: nothing would
+      average the gradients and the replicas would drift apart.
+  """
+
+  def init_fn(params, model_state=None):
+    params = replicate(params, axis_name=axis_name)
+    opt_state = jax.pmap(optimizer.init, axis_name=axis_name)(params)
+    if model_state is not None:
+      model_state = replicate(model_state, axis_name=axis_name)
+    return TrainState(params, opt_state, model_state)
+
+  def step_fn(state, batch):
+    if not reduce_gradients and not _find_accumulation(state.opt_state):
+      raise ValueError(
+        "reduce_gradients=False needs an optimizer that averages gradients "
+        "across devices itself: nag_optax.accumulate_gradients(..., "
+        f"axis_name={axis_name!r})."
+      )
+    loss, model_state, aux, grads = _loss_and_grads(
+      loss_fn, has_aux, state.params, batch, state.model_state
+    )
+    if reduce_gradients:
+      grads = jax.lax.pmean(grads, axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if model_state is not None:
+      model_state = _sync_on_emitted_steps(model_state, opt_state, axis_name)
+    return TrainState(params, opt_state, model_state), _metrics(loss, aux)
+
+  step = jax.pmap(step_fn, axis_name=axis_name, donate_argnums=(0,) if donate else ())
+  return DataParallel(
+    init=init_fn, step=step, shard_batch=split_batch, to_host=_unreplicate_to_numpy
+  )
+
+
+def _unreplicate_to_numpy(tree):
+  return jax.tree.map(np.asarray, unreplicate(tree))
+
+
+def _sync_on_emitted_steps(model_state, opt_state, axis_name):
+  """pmean of the floating model state, only on emitted optimizer steps.
+
+  Running averages are linear in the batch statistics, so averaging the
+  replicas once per emitted step gives what averaging every micro-step would.
+  """
+
+  def mean(tree):
+    return jax.tree.map(
+      lambda x: (
+        jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+      ),
+      tree,
+    )
+
+  accumulations = _find_accumulation(opt_state)
+  if not accumulations:
+    return mean(model_state)
+  emitted = accumulations[0].emitted
+  return jax.lax.cond(emitted, mean, lambda tree: tree, model_state)
+
+
+# --------------------------------------------------------------------------
+# The jit + NamedSharding path.
+
+
+def data_mesh(devices: Any = None, *, axis_name: str = "data") -> jax.sharding.Mesh:
+  """A one-axis mesh over ``devices`` (default: all devices, all processes).
+
+  The axis type is ``Auto``: the compiler propagates shardings and inserts
+  the collectives (``jax.make_mesh`` now defaults to ``Explicit``).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(
+    np.asarray(devices), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+
+
+def _data_axis(mesh: jax.sharding.Mesh) -> str:
+  if len(mesh.axis_names) != 1:
+    raise ValueError(
+      "jit_data_parallel needs a one-axis (data) mesh, got axes "
+      f"{mesh.axis_names}; see parallel.data_mesh."
+    )
+  return mesh.axis_names[0]
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the mesh's data axis."""
+  return NamedSharding(mesh, PartitionSpec(_data_axis(mesh)))
+
+
+def global_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+  """This process's batch -> global arrays sharded over the data axis.
+
+  In a single process this places the batch; with several processes each
+  passes its own (same-sized) batch and the global batch is their
+  concatenation in process order (``jax.make_array_from_process_local_data``).
+
+  Raises:
+    ValueError: if a leading dimension is not divisible by the number of
+      this process's devices in the mesh.
+  """
+  sharding = batch_sharding(mesh)
+  local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+  def place(path, x):
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] % local:
+      raise ValueError(
+        f"The batch leaf at {jax.tree_util.keystr(path)} has shape {x.shape}: "
+        f"its leading (batch) dimension must be divisible by this process's "
+        f"{local} devices in the mesh."
+      )
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree_util.tree_map_with_path(place, batch)
+
+
+def zero1_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """ZeRO-1 shardings: each array split over the data axis along one dimension.
+
+  Each leaf is split along its first dimension divisible by the size of the
+  data axis (the largest such dimension of equal rank breaks no tie: the
+  first is taken); scalars and leaves with no such dimension are replicated.
+
+  Args:
+    tree: a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g.
+      ``jax.eval_shape(optimizer.init, params)``).
+    mesh: a one-axis mesh (:func:`data_mesh`).
+
+  Returns:
+    A matching tree of ``NamedSharding``.
+  """
+  axis = _data_axis(mesh)
+  n = mesh.shape[axis]
+
+  def rule(x):
+    spec = [None] * len(x.shape)
+    for i, size in enumerate(x.shape):
+      if size >= n and size % n == 0:
+        spec[i] = axis
+        break
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree.map(rule, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """One NumPy copy of each array, wherever its shards live.
+
+  Replicated arrays are read from a local shard; sharded ones are gathered
+  (across processes with ``process_allgather``: call it on every process).
+  """
+  from jax.experimental import multihost_utils
+
+  def get(x):
+    if not isinstance(x, jax.Array):
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_shards[0].data)
+    if x.is_fully_addressable:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(get, tree)
+
+
+def _place_replicated(tree, mesh):
+  """Host values (identical on every process) -> replicated global arrays."""
+  sharding = NamedSharding(mesh, PartitionSpec())
+
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place, tree)
+
+
+def jit_data_parallel(
+  loss_fn: Callable[..., Any],
+  optimizer: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  zero1: bool = False,
+  has_aux: bool = False,
+  donate: bool = True,
+) -> DataParallel:
+  r"""A ``jax.jit`` data-parallel step over a mesh with one data axis.
+
+  The batch is sharded over the data axis, parameters and model state are
+  replicated, and the step is written for one device: the compiler averages
+  the gradient across devices (the loss is a mean over the global batch).
+  With ``zero1=True`` every optimizer-state array with a dimension divisible
+  by the number of devices is split along it (:func:`zero1_shardings`): each
+  device keeps 1/n of the momentum and of the ``accumulate_gradients``
+  accumulator and updates 1/n of the parameters, and the compiler inserts the
+  reduce-scatter and all-gather. Under ``jit`` the gradient is reduced on
+  every micro-step; use ``accumulate_gradients`` without ``axis_name`` here
+  (the pmap path, or ``jax.shard_map`` with ``axis_name``, reduces once per
+  emitted step instead).
+
+  Args:
+    loss_fn: as for :func:`pmap_data_parallel`, on the global batch.
+    optimizer: an optax optimizer.
+    mesh: a one-axis mesh (default: :func:`data_mesh` over all devices).
+    zero1: shard the optimizer state over the data axis.
+    has_aux: whether ``loss_fn`` returns auxiliary outputs.
+    donate: donate the input state to the step.
+
+  Returns:
+    A :class:`DataParallel`.
+  """
+  mesh = data_mesh() if mesh is None else mesh
+  _data_axis(mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def shardings_of(state_shapes):
+    opt = (
+      zero1_shardings(state_shapes.opt_state, mesh)
+      if zero1
+      else jax.tree.map(lambda _: replicated, state_shapes.opt_state)
+    )
+    return TrainState(
+      params=jax.tree.map(lambda _: replicated, state_shapes.params),
+      opt_state=opt,
+      model_state=jax.tree.map(lambda _: replicated, state_shapes.model_state),
+    )
+
+  def make_state(params, model_state):
+    return TrainState(params, optimizer.init(params), model_state)
+
+  compiled = {}
+
+  def init_fn(params, model_state=None):
+    params = _place_replicated(params, mesh)
+    if model_state is not None:
+      model_state = _place_replicated(model_state, mesh)
+    shardings = shardings_of(jax.eval_shape(make_state, params, model_state))
+    compiled["shardings"] = shardings
+    return jax.jit(make_state, out_shardings=shardings)(params, model_state)
+
+  def step_fn(state, batch):
+    loss, model_state, aux, grads = _loss_and_grads(
+      loss_fn, has_aux, state.params, batch, state.model_state
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, opt_state, model_state), _metrics(loss, aux)
+
+  def step(state, batch):
+    key = jax.tree.structure(state)
+    if key not in compiled:
+      shardings = shardings_of(state)
+      compiled[key] = jax.jit(
+        step_fn,
+        out_shardings=(shardings, replicated),
+        donate_argnums=(0,) if donate else (),
+      )
+    return compiled[key](state, batch)
+
+  return DataParallel(
+    init=init_fn,
+    step=step,
+    shard_batch=lambda batch: global_batch(batch, mesh),
+    to_host=to_host,
+  )
+
+
+if __name__ == "__main__":
+  raise SystemExit(_launch.main())

@@ -1,0 +1,427 @@
+"""accumulate_gradients: optax.MultiSteps' results, the inner update and the
+cross-device mean only on emitted steps, under jit, pmap and shard_map."""
+
+import doctest
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import nag_optax
+from nag_optax import _accumulation
+
+N_DEVICES = 8
+SCHEDULE = optax.linear_schedule(0.1, 0.02, transition_steps=4)
+
+
+def _params():
+  return {"w": jnp.array([[0.5, -1.0], [2.0, 0.3], [-0.7, 1.1]]), "b": jnp.ones(2)}
+
+
+def _loss(params, x):
+  return jnp.mean((x @ params["w"] + params["b"] - 1.0) ** 2)
+
+
+def _grads(seed, n):
+  rng = np.random.default_rng(seed)
+  return [
+    jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), _params()
+    )
+    for _ in range(n)
+  ]
+
+
+def _run(tx, grads, params=None):
+  params = _params() if params is None else params
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  out = []
+  for g in grads:
+    updates, state = update(g, state, params)
+    params = optax.apply_updates(params, updates)
+    out.append(updates)
+  return out, state, params
+
+
+@pytest.mark.parametrize(
+  "every_k, kwargs",
+  [
+    (3, {}),
+    (3, {"use_grad_mean": False}),
+    (lambda step: jnp.where(step < 2, 2, 3), {}),
+  ],
+  ids=["k=3", "sum", "k-schedule"],
+)
+def test_equals_multisteps_with_nesterov_and_a_schedule(every_k, kwargs):
+  inner = nag_optax.nesterov(SCHEDULE, momentum=0.9, weight_decay=1e-2)
+  grads = _grads(0, 13)
+  ours, state, params = _run(
+    nag_optax.accumulate_gradients(inner, every_k, **kwargs), grads
+  )
+  ref, ref_state, ref_params = _run(optax.MultiSteps(inner, every_k, **kwargs), grads)
+  for a, b in zip(ours, ref, strict=True):
+    chex.assert_trees_all_equal(a, b)
+  chex.assert_trees_all_equal(state.inner_opt_state, ref_state.inner_opt_state)
+  chex.assert_trees_all_equal(state.acc_grads, ref_state.acc_grads)
+  assert int(state.gradient_step) == int(ref_state.gradient_step)
+  assert int(state.mini_step) == int(ref_state.mini_step)
+  chex.assert_trees_all_equal(params, ref_params)
+  # The inner schedule counted emitted steps, not micro-steps.
+  assert int(state.inner_opt_state.count) == int(state.gradient_step) > 0
+
+
+def test_micro_steps_emit_zeros_and_the_mean_is_applied_once():
+  inner = nag_optax.nesterov(0.5, momentum=0.0)
+  tx = nag_optax.accumulate_gradients(inner, 4)
+  grads = _grads(1, 4)
+  ours, state, _ = _run(tx, grads)
+  for u in ours[:3]:
+    chex.assert_trees_all_equal(u, jax.tree.map(jnp.zeros_like, u))
+  mean = jax.tree.map(lambda *g: np.mean(np.stack(g), axis=0), *grads)
+  chex.assert_trees_all_close(
+    ours[3], jax.tree.map(lambda m: -0.5 * m, mean), rtol=1e-6
+  )
+  assert int(state.gradient_step) == 1 and int(state.mini_step) == 0
+
+
+def _counting(inner, counter):
+  """inner, with a host callback counting executed (not traced) updates."""
+
+  def update(updates, state, params=None, **extra):
+    jax.debug.callback(lambda: counter.append(1))
+    return inner.update(updates, state, params, **extra)
+
+  return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
+def test_inner_update_runs_only_on_emitted_steps():
+  calls, ref_calls = [], []
+  inner = nag_optax.nesterov(0.1)
+  _run(nag_optax.accumulate_gradients(_counting(inner, calls), 4), _grads(2, 12))
+  _run(optax.MultiSteps(_counting(inner, ref_calls), 4), _grads(2, 12))
+  assert len(calls) == 3  # once per emitted step
+  assert len(ref_calls) == 12  # optax.MultiSteps: every micro-step
+
+
+def test_skip_not_finite_matches_multisteps():
+  inner = nag_optax.nesterov(SCHEDULE, momentum=0.9)
+  grads = _grads(3, 10)
+  for i in (2, 5, 6):
+    grads[i] = jax.tree.map(lambda g: g.at[0].set(jnp.nan), grads[i])
+  kwargs = {"should_skip_update_fn": optax.skip_not_finite}
+  ours, state, params = _run(nag_optax.accumulate_gradients(inner, 2, **kwargs), grads)
+  ref, ref_state, ref_params = _run(optax.MultiSteps(inner, 2, **kwargs), grads)
+  for a, b in zip(ours, ref, strict=True):
+    chex.assert_trees_all_equal(a, b)
+  chex.assert_trees_all_equal(params, ref_params)
+  chex.assert_trees_all_equal(state.skip_state, ref_state.skip_state)
+  assert int(state.gradient_step) == int(ref_state.gradient_step) == 3
+  assert np.all(np.isfinite(jax.tree.leaves(params)[0]))
+
+
+def test_accessors_and_eval_params_through_the_state():
+  inner = nag_optax.nesterov(0.1, momentum=0.9)
+  tx = optax.chain(optax.clip(10.0), nag_optax.accumulate_gradients(inner, 2))
+  params = _params()
+  state = tx.init(params)
+  flags, steps = [], []
+  for g in _grads(4, 5):
+    updates, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, updates)
+    flags.append(bool(nag_optax.accumulation_emitted(state)))
+    steps.append(int(nag_optax.accumulation_gradient_step(state)))
+  assert flags == [False, True, False, True, False]
+  assert steps == [0, 1, 1, 2, 2]
+  assert int(optax.tree.get(state, "gradient_step")) == 2
+  # nesterov_eval_params finds the Nesterov state inside: theta = p - c * trace.
+  nesterov_state = state[1].inner_opt_state
+  expected = jax.tree.map(
+    lambda p, t: p - nesterov_state.lookahead * t, params, nesterov_state.trace
+  )
+  chex.assert_trees_all_close(nag_optax.nesterov_eval_params(state, params), expected)
+  assert float(nesterov_state.lookahead) != 0.0
+  with pytest.raises(ValueError, match="exactly one accumulate_gradients state"):
+    nag_optax.accumulation_emitted(inner.init(params))
+
+
+def test_bfloat16_gradients_accumulate_in_float32():
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _params())
+  grads = [jax.tree.map(lambda g: g.astype(jnp.bfloat16), g) for g in _grads(5, 6)]
+  inner = nag_optax.nesterov(0.1)
+  ours, state, _ = _run(nag_optax.accumulate_gradients(inner, 3), grads, params)
+  ref, _, _ = _run(optax.MultiSteps(inner, 3), grads, params)
+  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(ours))
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state.acc_grads))
+  for a, b in zip(ours, ref, strict=True):
+    chex.assert_trees_all_equal(a, b)
+
+
+def test_state_dtypes_stay_fixed_and_jit_traces_once():
+  tx = nag_optax.accumulate_gradients(nag_optax.nesterov(0.1), 2)
+  chex.clear_trace_counter()
+  update = jax.jit(chex.assert_max_traces(tx.update, n=1))
+  state = tx.init(_params())
+  before = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+  for g in _grads(6, 3):
+    _, state = update(g, state, _params())
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == before
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "4"])
+def test_every_k_must_be_a_positive_integer(bad):
+  with pytest.raises(ValueError, match="every_k_schedule"):
+    nag_optax.accumulate_gradients(nag_optax.nesterov(0.1), bad)
+
+
+def test_other_errors():
+  inner = nag_optax.nesterov(0.1)
+  with pytest.raises(ValueError, match="every_k_schedule\\(0\\)"):
+    nag_optax.accumulate_gradients(inner, lambda step: 0).init(_params())
+  with pytest.raises(ValueError, match="accumulator_dtype"):
+    nag_optax.accumulate_gradients(inner, 2, accumulator_dtype=jnp.int32)
+  with pytest.raises(TypeError, match="GradientTransformation"):
+    nag_optax.accumulate_gradients(lambda g: g, 2)
+  tx = nag_optax.accumulate_gradients(inner, 2, axis_name="batch")
+  state = tx.init(_params())
+  with pytest.raises(ValueError, match="outside a mapped context"):
+    tx.update(_grads(0, 1)[0], state)
+  with pytest.raises(ValueError, match="outside a mapped context"):
+    jax.jit(tx.update)(_grads(0, 1)[0], state)
+  bad_skip = lambda updates, step, params: (jnp.zeros([], jnp.int32), ())
+  tx = nag_optax.accumulate_gradients(inner, 2, should_skip_update_fn=bad_skip)
+  with pytest.raises(ValueError, match="boolean scalar"):
+    tx.update(_grads(0, 1)[0], tx.init(_params()))
+  with pytest.raises(ValueError, match="gradient"):
+    tx = nag_optax.accumulate_gradients(inner, 2)
+    tx.update({"w": jnp.ones(3)}, tx.init(_params()))
+
+
+def test_docstring_examples():
+  result = doctest.testmod(_accumulation, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted >= 3 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------
+# Across devices: one pmean per emitted step, under pmap and shard_map.
+
+K = 2
+STEPS = 6  # three emitted steps
+X = np.random.default_rng(7).normal(size=(STEPS, 32, 3)).astype(np.float32)
+
+
+def _inner():
+  return nag_optax.nesterov(SCHEDULE, momentum=0.9)
+
+
+def _reference_full_batch():
+  """One device, the full batch, optax.MultiSteps."""
+  tx = optax.MultiSteps(_inner(), K)
+  params, state = _params(), tx.init(_params())
+  for x in X:
+    updates, state = tx.update(jax.grad(_loss)(params, x), state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return _reference_full_batch()
+
+
+def _pmapped_step(tx):
+  def step(params, state, x):
+    updates, state = tx.update(jax.grad(_loss)(params, x), state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+def _replicate(tree, axis_name):
+  stacked = jax.tree.map(lambda x: jnp.stack([x] * N_DEVICES), tree)
+  return jax.pmap(lambda x: x, axis_name=axis_name)(stacked)
+
+
+@pytest.fixture(scope="module")
+def pmap_run():
+  assert jax.local_device_count() == N_DEVICES, "conftest forces 8 CPU devices"
+  tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="data")
+  chex.clear_trace_counter()
+  step = jax.pmap(
+    chex.assert_max_traces(_pmapped_step(tx), n=1),
+    axis_name="data",
+    donate_argnums=(0, 1),
+  )
+  params = _replicate(_params(), "data")
+  state = jax.pmap(tx.init, axis_name="data")(params)
+  for x in X:
+    params, state = step(params, state, x.reshape(N_DEVICES, -1, 3))
+  lowered = step.lower(params, state, X[0].reshape(N_DEVICES, -1, 3))
+  return params, state, lowered.compile().as_text()
+
+
+def test_pmap_equals_one_device_on_the_full_batch(pmap_run, reference):
+  params, state, _ = pmap_run
+  for leaf in jax.tree.leaves(params):  # replicas identical
+    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
+  chex.assert_trees_all_close(
+    jax.tree.map(lambda x: x[0], params), reference, rtol=1e-5, atol=1e-6
+  )
+  assert np.all(np.asarray(state.gradient_step) == STEPS // K)
+  # The accumulator is device-local: it held different gradients per device.
+  assert np.all(np.asarray(state.acc_grads["b"]) == 0.0)
+
+
+def _shard_map_run(tx, mesh):
+  state0 = tx.init(_params())
+  # The accumulator is device-local: one row per device, sharded; the rest
+  # of the state is replicated.
+  specs = jax.tree.map(lambda _: P(), state0)._replace(
+    acc_grads=jax.tree.map(lambda _: P("data"), state0.acc_grads)
+  )
+
+  def body(params, state, x):
+    state = state._replace(acc_grads=jax.tree.map(lambda a: a[0], state.acc_grads))
+    varying = jax.lax.pcast(params, "data", to="varying")
+    updates, state = tx.update(jax.grad(_loss)(varying, x), state, params)
+    state = state._replace(acc_grads=jax.tree.map(lambda a: a[None], state.acc_grads))
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(
+    jax.shard_map(
+      body, mesh=mesh, in_specs=(P(), specs, P("data")), out_specs=(P(), specs)
+    )
+  )
+  params = _params()
+  state = state0._replace(
+    acc_grads=jax.tree.map(lambda a: jnp.zeros((N_DEVICES, *a.shape)), state0.acc_grads)
+  )
+  for x in X:
+    params, state = step(params, state, x)
+  return params, step.lower(params, state, X[0]).compile().as_text()
+
+
+@pytest.fixture(scope="module")
+def shard_map_run():
+  mesh = jax.make_mesh(
+    (N_DEVICES,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+  tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="data")
+  return _shard_map_run(tx, mesh)
+
+
+def test_shard_map_equals_one_device_on_the_full_batch(shard_map_run, reference):
+  params, _ = shard_map_run
+  chex.assert_trees_all_close(params, reference, rtol=1e-5, atol=1e-6)
+
+
+# HLO text: computations start at column 0 ("%name (" or "ENTRY %name (") and
+# end with "}"; calls name other computations in these attributes.
+_CALLS = re.compile(
+  r"(?:calls|to_apply|body|condition|branch_computations)=\{?([^}\s,]+(?:,\s*%[^}\s,]+)*)"
+)
+
+
+def _computations(hlo):
+  comps, name, entry = {}, None, None
+  for line in hlo.splitlines():
+    header = re.match(r"^(ENTRY )?%(\S+) \(", line)
+    if header:
+      name = header.group(2)
+      comps[name] = []
+      if header.group(1):
+        entry = name
+    elif line.startswith("}"):
+      name = None
+    elif name is not None:
+      comps[name].append(line)
+  return comps, entry
+
+
+def _reachable(comps, roots):
+  seen, todo = set(), list(roots)
+  while todo:
+    c = todo.pop()
+    if c in seen:
+      continue
+    seen.add(c)
+    for line in comps[c]:
+      for group in _CALLS.findall(line):
+        todo += [n.strip().lstrip("%") for n in group.split(",")]
+  return seen
+
+
+def _collective_placement(hlo):
+  """(all-reduces outside any conditional, [all-reduces per branch])."""
+  comps, entry = _computations(hlo)
+  is_collective = lambda line: re.search(r"\ball-reduce(-start)?\(", line)
+  count = lambda names: sum(
+    1 for c in names for line in comps[c] if is_collective(line)
+  )
+  conditionals = [
+    line
+    for c in _reachable(comps, [entry])
+    for line in comps[c]
+    if " conditional(" in line
+  ]
+  assert len(conditionals) <= 1, conditionals
+  branch_names = []
+  for line in conditionals:
+    (branches,) = re.findall(r"branch_computations=\{([^}]*)\}", line)
+    branch_names = [b.strip().lstrip("%") for b in branches.split(",")]
+  inside = set().union(*(_reachable(comps, [b]) for b in branch_names))
+  outside = _reachable(comps, [entry]) - inside
+  return count(outside), [count(_reachable(comps, [b])) for b in branch_names]
+
+
+@pytest.mark.parametrize("path", ["pmap", "shard_map"])
+def test_cross_device_mean_only_in_the_emitting_branch(path, pmap_run, shard_map_run):
+  hlo = pmap_run[2] if path == "pmap" else shard_map_run[1]
+  outside, per_branch = _collective_placement(hlo)
+  assert outside == 0  # micro-steps communicate nothing
+  assert per_branch[0] == 0  # branch 0: accumulate only
+  assert per_branch[1] >= 1  # branch 1: the emitted step's pmean
+
+
+def test_collective_placement_detects_a_pmean_every_micro_step():
+  """The HLO check above fails for the usual pmean-then-MultiSteps step."""
+  tx = optax.MultiSteps(_inner(), K)
+
+  def step(params, state, x):
+    grads = jax.lax.pmean(jax.grad(_loss)(params, x), "data")
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = _replicate(_params(), "data")
+  state = jax.pmap(tx.init, axis_name="data")(params)
+  hlo = (
+    jax.pmap(step, axis_name="data")
+    .lower(params, state, X[0].reshape(N_DEVICES, -1, 3))
+    .compile()
+    .as_text()
+  )
+  outside, _ = _collective_placement(hlo)
+  assert outside >= 1
+
+
+def test_pmap_skip_on_one_device_skips_on_all():
+  tx = nag_optax.accumulate_gradients(
+    _inner(), K, axis_name="data", should_skip_update_fn=optax.skip_not_finite
+  )
+  step = jax.pmap(_pmapped_step(tx), axis_name="data")
+  params = _replicate(_params(), "data")
+  state = jax.pmap(tx.init, axis_name="data")(params)
+  xs = X[:3].reshape(3, N_DEVICES, -1, 3).copy()
+  xs[1, 5, 0, 0] = np.nan  # device 5's micro-batch of call 1 only
+  for x in xs:
+    params, state = step(params, state, x)
+  # Calls 0 and 2 made one emitted step on every device; call 1 was skipped.
+  assert np.all(np.asarray(state.gradient_step) == 1)
+  for leaf in jax.tree.leaves(params):
+    assert np.all(np.isfinite(leaf))
+    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
