@@ -28,7 +28,6 @@ Writes results/convergence.json and results/convergence.png.
 import argparse
 import math
 import pathlib
-import pickle
 import sys
 import time
 
@@ -51,7 +50,7 @@ from nag_optax import momentum_schedules as ms  # noqa: E402
 N_DIM = 200
 KAPPAS = (10.0, 100.0, 1000.0, 10000.0)
 TOLS = (1e-6, 1e-10)
-DATA_DIR = _common.REPO_ROOT / "data" / "cifar-10-batches-py"
+DATA_DIR = _common.REPO_ROOT / "data"
 
 # optimizers.md section 10, float64 reference counts.
 REFERENCE = {
@@ -242,14 +241,14 @@ def quadratic_part(kappas, cap_scale):
 
 
 def load_cifar10_pair(data_dir: pathlib.Path, classes=(0, 8), per_class=1500):
-  """First ``per_class`` training images of each class, minimal pickle read."""
-  images, labels = [], []
-  for i in range(1, 6):
-    with open(data_dir / f"data_batch_{i}", "rb") as f:
-      batch = pickle.load(f, encoding="bytes")
-    images.append(np.asarray(batch[b"data"], np.uint8))
-    labels.append(np.asarray(batch[b"labels"]))
-  images, labels = np.concatenate(images), np.concatenate(labels)
+  """First ``per_class`` training images of each class (NHWC uint8), labels +-1.
+
+  Reads ``data_dir/cifar-10-batches-py`` with the CIFAR-10 example's loader.
+  """
+  from examples.cifar10.input_pipeline import load_cifar10
+
+  data = load_cifar10(str(data_dir), download=False)
+  images, labels = data["train_images"], data["train_labels"]
   keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in classes])
   keep.sort()
   return images[keep], (labels[keep] == classes[1]).astype(np.float64) * 2 - 1
@@ -257,7 +256,7 @@ def load_cifar10_pair(data_dir: pathlib.Path, classes=(0, 8), per_class=1500):
 
 def logistic_problem(data_dir, condition_number):
   images, y = load_cifar10_pair(data_dir)
-  x = images.reshape(-1, 3, 16, 2, 16, 2).mean(axis=(3, 5)).reshape(len(y), -1)
+  x = images.reshape(-1, 16, 2, 16, 2, 3).mean(axis=(2, 4)).reshape(len(y), -1)
   x = x / 255.0
   x = (x - x.mean(0)) / x.std(0)
   x = np.concatenate([x, np.ones((len(y), 1))], axis=1)
@@ -480,7 +479,7 @@ def main(argv=None):
     "reference_disagreements": diffs,
     "numpy_transcription_mismatches": mismatched,
   }
-  if (args.data_dir / "data_batch_1").exists():
+  if (args.data_dir / "cifar-10-batches-py" / "data_batch_1").exists():
     steps = args.logistic_steps // (3 if args.quick else 1)
     info, log_results, curves = logistic_part(args.data_dir, args.logistic_kappa, steps)
     logistic = (info, curves)
@@ -505,7 +504,7 @@ def main(argv=None):
     payload["logistic"] = {"problem": info, "results": log_results}
   else:
     print(
-      f"\nno CIFAR-10 at {args.data_dir}: logistic part skipped (run"
+      f"\nno CIFAR-10 under {args.data_dir}: logistic part skipped (run"
       " make_cifar10.py, see benchmarks/README.md)",
       file=sys.stderr,
     )
