@@ -1,0 +1,221 @@
+"""nag_optax.parallel: pmap and jit(NamedSharding) steps equal one device on
+the full batch; replicas agree; ZeRO-1 holds 1/n of the state per device."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nag_optax
+from nag_optax import parallel
+
+N_DEVICES = 8
+K = 2
+STEPS = 4  # two emitted steps
+SCHEDULE = optax.linear_schedule(0.1, 0.02, transition_steps=4)
+RNG = np.random.default_rng(11)
+X = RNG.normal(size=(STEPS, 32, 4)).astype(np.float32)
+Y = RNG.normal(size=(STEPS, 32, 1)).astype(np.float32)
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {
+    "w1": jnp.asarray(rng.normal(size=(4, 16)) * 0.5, jnp.float32),
+    "b1": jnp.zeros(16),
+    "w2": jnp.asarray(rng.normal(size=(16, 1)) * 0.5, jnp.float32),
+    "b2": jnp.zeros(1),
+  }
+
+
+def _predict(params, x):
+  return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+
+
+def loss_fn(params, batch):
+  x, y = batch
+  return jnp.mean((_predict(params, x) - y) ** 2)
+
+
+def loss_with_state(params, batch, model_state):
+  """A BatchNorm-like running mean of the inputs, updated every call."""
+  x, _ = batch
+  new = {"mean": 0.9 * model_state["mean"] + 0.1 * jnp.mean(x, axis=0)}
+  return loss_fn(params, batch), new
+
+
+def _inner():
+  return nag_optax.nesterov(SCHEDULE, momentum=0.9, weight_decay=1e-3)
+
+
+@pytest.fixture(scope="module")
+def reference():
+  """One device, full batch, optax.MultiSteps; and the model state's EMA."""
+  tx = optax.MultiSteps(_inner(), K)
+  params, state = _params(), tx.init(_params())
+  mean = np.zeros(4, np.float32)
+  for x, y in zip(X, Y, strict=True):
+    grads = jax.grad(loss_fn)(params, (x, y))
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    mean = 0.9 * mean + 0.1 * x.mean(axis=0)
+  return params, {"mean": mean}
+
+
+def _assert_replicas_identical(tree):
+  for leaf in jax.tree.leaves(tree):
+    leaf = np.asarray(leaf)
+    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
+
+
+def _close(a, b):
+  chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_pmap_accumulating_once_per_emitted_step_equals_one_device(reference):
+  assert jax.local_device_count() == N_DEVICES, "conftest forces 8 CPU devices"
+  tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="batch")
+  chex.clear_trace_counter()
+  dp = parallel.pmap_data_parallel(
+    chex.assert_max_traces(loss_with_state, n=1), tx, reduce_gradients=False
+  )
+  state = dp.init(_params(), {"mean": jnp.zeros(4)})
+  for i, (x, y) in enumerate(zip(X, Y, strict=True)):
+    state, metrics = dp.step(state, dp.shard_batch((x, y)))
+    assert metrics["loss"].shape == (N_DEVICES,)  # per device, no collective
+    if i % K == 0:  # a micro-step: the model state is device-local until emit
+      assert not np.allclose(*np.asarray(state.model_state["mean"])[:2])
+  _assert_replicas_identical(state.params)
+  _assert_replicas_identical(state.opt_state)
+  _assert_replicas_identical(state.model_state)
+  ref_params, ref_model_state = reference
+  _close(dp.to_host(state.params), ref_params)
+  _close(dp.to_host(state.model_state), ref_model_state)
+  assert int(dp.to_host(nag_optax.accumulation_gradient_step(state.opt_state))) == 2
+
+
+def test_pmap_reducing_every_step_with_multisteps_equals_one_device(reference):
+  dp = parallel.pmap_data_parallel(
+    loss_fn, optax.MultiSteps(_inner(), K), axis_name="data"
+  )
+  state = dp.init(_params())
+  for x, y in zip(X, Y, strict=True):
+    state, _ = dp.step(state, dp.shard_batch((x, y)))
+  _assert_replicas_identical(state.params)
+  _close(dp.to_host(state.params), reference[0])
+
+
+def test_pmap_without_any_gradient_reduction_is_an_error():
+  dp = parallel.pmap_data_parallel(loss_fn, _inner(), reduce_gradients=False)
+  state = dp.init(_params())
+  with pytest.raises(ValueError, match="averages gradients"):
+    dp.step(state, dp.shard_batch((X[0], Y[0])))
+
+
+def test_replicate_then_step_traces_once_and_unreplicate_reads_locally():
+  traces = []
+
+  def step(params):
+    traces.append(1)
+    return jax.tree.map(lambda p: p + 1.0, params)
+
+  step = jax.pmap(step, axis_name="batch")
+  params = parallel.replicate(_params(), axis_name="batch")
+  for _ in range(3):
+    params = step(params)
+  assert len(traces) == 1
+  chex.assert_trees_all_close(
+    parallel.unreplicate(params), jax.tree.map(lambda p: p + 3.0, _params())
+  )
+  assert parallel.unreplicate(params)["w1"].shape == (4, 16)
+
+
+def test_split_batch_shapes_and_errors():
+  split = parallel.split_batch({"x": np.zeros((16, 3)), "y": np.zeros(16)})
+  assert split["x"].shape == (N_DEVICES, 2, 3) and split["y"].shape == (N_DEVICES, 2)
+  with pytest.raises(ValueError, match=r"\['x'\].*divisible by the 8 local"):
+    parallel.split_batch({"x": np.zeros((12, 3))})
+  mesh = parallel.data_mesh()
+  with pytest.raises(ValueError, match="divisible by this process's 8"):
+    parallel.global_batch(np.zeros((12, 3)), mesh)
+
+
+@pytest.fixture(scope="module")
+def jit_runs():
+  """jit over an 8-device mesh, replicated and ZeRO-1 optimizer state."""
+  mesh = parallel.data_mesh()
+  runs = {}
+  for zero1 in (False, True):
+    tx = nag_optax.accumulate_gradients(_inner(), K)
+    dp = parallel.jit_data_parallel(loss_with_state, tx, mesh, zero1=zero1)
+    state = dp.init(_params(), {"mean": jnp.zeros(4)})
+    trajectory = []
+    for x, y in zip(X, Y, strict=True):
+      state, _ = dp.step(state, dp.shard_batch((x, y)))
+      trajectory.append(dp.to_host(state.params))
+    runs[zero1] = (dp, state, trajectory)
+  return runs
+
+
+def test_jit_sharded_step_equals_one_device(jit_runs, reference):
+  dp, state, _ = jit_runs[False]
+  _close(dp.to_host(state.params), reference[0])
+  _close(dp.to_host(state.model_state), reference[1])
+  for leaf in jax.tree.leaves(state.opt_state):
+    assert leaf.sharding.is_fully_replicated
+
+
+def test_zero1_holds_one_nth_of_the_state_per_device_and_same_trajectory(jit_runs):
+  _, state, trajectory = jit_runs[True]
+  _, replicated_state, replicated_trajectory = jit_runs[False]
+  for a, b in zip(trajectory, replicated_trajectory, strict=True):
+    _close(a, b)
+
+  def bytes_on(device, tree):
+    return sum(
+      shard.data.nbytes
+      for leaf in jax.tree.leaves(tree)
+      for shard in leaf.addressable_shards
+      if shard.device == device
+    )
+
+  inner = state.opt_state.inner_opt_state
+  for tree in (inner.trace, state.opt_state.acc_grads):
+    total = sum(leaf.nbytes for leaf in jax.tree.leaves(tree))
+    # b2 (1 element) cannot be split 8 ways and stays replicated.
+    for device in jax.devices():
+      assert bytes_on(device, tree) == (total - 4) // N_DEVICES + 4
+    assert not tree["w1"].sharding.is_fully_replicated
+  assert bytes_on(jax.devices()[0], replicated_state.opt_state) > 4 * bytes_on(
+    jax.devices()[0], state.opt_state
+  )
+  # Parameters stay replicated: the compiler gathered the updated shards.
+  for leaf in jax.tree.leaves(state.params):
+    assert leaf.sharding.is_fully_replicated
+
+
+def test_zero1_shardings_rule():
+  mesh = parallel.data_mesh()
+  tree = {
+    "a": jax.ShapeDtypeStruct((4, 16), jnp.float32),
+    "b": jax.ShapeDtypeStruct((), jnp.int32),
+    "c": jax.ShapeDtypeStruct((3, 5), jnp.float32),
+  }
+  specs = jax.tree.map(lambda s: s.spec, parallel.zero1_shardings(tree, mesh))
+  assert specs == {
+    "a": jax.sharding.PartitionSpec(None, "data"),
+    "b": jax.sharding.PartitionSpec(),
+    "c": jax.sharding.PartitionSpec(None, None),
+  }
+  with pytest.raises(ValueError, match="one-axis"):
+    parallel.zero1_shardings(tree, jax.make_mesh((4, 2), ("a", "b")))
+
+
+def test_launcher_rejects_bad_sizes():
+  with pytest.raises(ValueError, match="num_processes"):
+    parallel.launch_local(["true"], num_processes=0)
+  with pytest.raises(ValueError, match="local_devices"):
+    parallel.launch_local(["true"], local_devices=1.5)
+  assert parallel.initialize() is False  # not launched by launch_local
