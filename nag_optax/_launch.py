@@ -163,9 +163,9 @@ def launch_local(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """``python -m nag_optax.parallel -n 2 -d 4 python train.py --flag``."""
+  """``python -m nag_optax launch -n 2 -d 4 python train.py --flag``."""
   parser = argparse.ArgumentParser(
-    prog="python -m nag_optax.parallel",
+    prog="python -m nag_optax launch",
     description="Run a command as several JAX processes on 127.0.0.1 "
     "(multi-host code on one machine); the command calls "
     "nag_optax.parallel.initialize().",

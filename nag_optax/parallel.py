@@ -62,7 +62,7 @@ On several hosts, start one process per host (or per GPU) and call
   from ``jax.process_index() == 0`` after ``dp.to_host`` (which gathers
   ZeRO-sharded state across processes: call it on every process).
 * Try the multi-host code on one machine first:
-  ``python -m nag_optax.parallel -n 2 -d 4 python train.py`` starts 2
+  ``python -m nag_optax launch -n 2 -d 4 python train.py`` starts 2
   processes with 4 CPU devices each on 127.0.0.1; the script calls
   :func:`initialize` (a no-op when not launched this way).
 """
@@ -151,7 +151,7 @@ def initialize(*, initialization_timeout: int = 120) -> bool:
   """Joins the multi-process run started by :func:`launch_local`, if any.
 
   Reads the coordinator, process id and device count that
-  :func:`launch_local` (or ``python -m nag_optax.parallel``) put in the
+  :func:`launch_local` (or ``python -m nag_optax launch``) put in the
   environment, sets the number of CPU devices and calls
   ``jax.distributed.initialize`` bound to 127.0.0.1 only. Call it before any
   other use of JAX. Without that environment it does nothing, so the same
@@ -606,7 +606,3 @@ def jit_data_parallel(
     shard_batch=lambda batch: global_batch(batch, mesh),
     to_host=to_host,
   )
-
-
-if __name__ == "__main__":
-  raise SystemExit(_launch.main())

@@ -1,0 +1,25 @@
+"""Command line: ``python -m nag_optax launch -n 2 -d 4 python train.py``.
+
+``launch`` runs a command as several JAX processes with CPU devices on
+127.0.0.1 (see :func:`nag_optax.parallel.launch_local`).
+"""
+
+import sys
+
+from nag_optax import _launch
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] != "launch":
+    print(
+      "usage: python -m nag_optax launch [-n PROCESSES] [-d DEVICES] "
+      "[-t TIMEOUT] command ...",
+      file=sys.stderr,
+    )
+    return 2
+  return _launch.main(argv[1:])
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
