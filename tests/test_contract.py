@@ -21,6 +21,8 @@ import nag_optax
 # wrappers of another optimizer, which have their own tests).
 NOT_OPTIMIZERS = {
   "accumulate_gradients",
+  "accumulation_emitted",
+  "accumulation_gradient_step",
   "momentum_schedules",
   "nesterov_eval_params",
   "parallel",
