@@ -76,8 +76,8 @@ def _varying_axes(x: Any) -> frozenset:
   return frozenset(getattr(aval, "vma", ()))  # jax < 0.10
 
 
-def _cond_with_matching_varying_axes(index, branches, operands):
-  """``lax.switch`` whose branch outputs are cast to a common varying type.
+def _cond_with_matching_varying_axes(pred, false_fn, true_fn, operands):
+  """``lax.cond`` whose branch outputs are cast to a common varying type.
 
   Under ``jax.shard_map`` (with its default type checks) the branches of a
   conditional must agree on which outputs vary across devices: the emitting
@@ -85,7 +85,11 @@ def _cond_with_matching_varying_axes(index, branches, operands):
   branch keeps the device-local accumulator. Each output leaf is cast
   (``jax.lax.pcast(..., to="varying")``, free at run time) to the union of the
   branches' varying axes. Outside ``shard_map`` nothing is cast.
+
+  The no-op branch is the false one (XLA's branch 0): it then passes the
+  carried buffers through instead of copying them.
   """
+  branches = (false_fn, true_fn)
   shapes = [jax.eval_shape(branch, *operands) for branch in branches]
   union = jax.tree.map(
     lambda *leaves: frozenset().union(*map(_varying_axes, leaves)), *shapes
@@ -100,12 +104,12 @@ def _cond_with_matching_varying_axes(index, branches, operands):
 
     return jax.tree.map(vary, tree, union)
 
-  wrapped = [lambda *ops, b=branch: cast(b(*ops)) for branch in branches]
-  if len(wrapped) == 2:
-    # The no-op branch first (the false branch): XLA then passes the carried
-    # buffers through instead of copying them.
-    return jax.lax.cond(index.astype(bool), wrapped[1], wrapped[0], *operands)
-  return jax.lax.switch(index, wrapped, *operands)
+  return jax.lax.cond(
+    pred,
+    lambda *ops: cast(true_fn(*ops)),
+    lambda *ops: cast(false_fn(*ops)),
+    *operands,
+  )
 
 
 def _check_accumulator_dtype(accumulator_dtype: Any) -> Any:
@@ -309,43 +313,42 @@ def accumulate_gradients(
         new = jax.tree.map(lambda g, a: g + a, grads, acc)
       return jax.tree.map(lambda n, a: n.astype(a.dtype), new, acc)
 
-    def emit_branch(grads, inner_state, acc, params):
+    def emit_branch(grads, acc, inner_state, params):
       mean = accumulate(grads, acc)
       if axis_name is not None:
         mean = jax.lax.pmean(mean, axis_name)
+      mean = jax.tree.map(lambda m, g: m.astype(g.dtype), mean, grads)
       new_updates, new_inner_state = inner.update(
-        optax.tree.cast_like(mean, grads), inner_state, params, **extra_args
+        mean, inner_state, params, **extra_args
       )
-      return new_updates, new_inner_state, jax.tree.map(jnp.zeros_like, acc)
+      return new_updates, new_inner_state, jnp.zeros([], jnp.bool_)
 
-    emitted_shapes = jax.eval_shape(
-      emit_branch, updates, state.inner_opt_state, state.acc_grads, params
-    )[0]
+    operands = (updates, state.acc_grads, state.inner_opt_state, params)
+    emitted_shapes = jax.eval_shape(emit_branch, *operands)[0]
 
-    def zero_updates():
-      return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), emitted_shapes)
-
-    def micro_branch(grads, inner_state, acc, params):
-      del params
-      return zero_updates(), inner_state, accumulate(grads, acc)
-
-    def skip_branch(grads, inner_state, acc, params):
-      del grads, params
-      return zero_updates(), inner_state, acc
+    def micro_branch(grads, acc, inner_state, params):
+      del grads, acc, params
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), emitted_shapes)
+      return zeros, inner_state, jnp.ones([], jnp.bool_)
 
     emit = mini_step == k - 1
     next_mini_step = optax.safe_increment(mini_step) % k
-    branches = [micro_branch, emit_branch]
-    index = emit.astype(jnp.int32)
     if skip is not None:
       emit = jnp.logical_and(emit, jnp.logical_not(skip))
       next_mini_step = jnp.where(skip, mini_step, next_mini_step)
-      branches.append(skip_branch)
-      index = jnp.where(skip, 2, index)
 
-    new_updates, inner_state, acc = _cond_with_matching_varying_axes(
-      index, branches, (updates, state.inner_opt_state, state.acc_grads, params)
+    new_updates, inner_state, keep = _cond_with_matching_varying_axes(
+      emit, micro_branch, emit_branch, operands
     )
+    # The accumulator is updated outside the conditional, in place in its
+    # (donated) buffer (XLA copies buffers passed through a branch), after it:
+    # ``keep`` comes out of the conditional so that the emitting branch has
+    # read the old buffer first. That branch recomputes the same sum from the
+    # same inputs.
+    acc = accumulate(updates, state.acc_grads)
+    if skip is not None:  # A skipped call leaves the accumulator as it was.
+      acc = jax.tree.map(lambda n, a: jnp.where(skip, a, n), acc, state.acc_grads)
+    acc = jax.tree.map(lambda a: jnp.where(keep, a, jnp.zeros_like(a)), acc)
     new_state = AccumulateGradientsState(
       mini_step=jnp.asarray(next_mini_step, jnp.int32),
       gradient_step=jnp.where(
