@@ -11,8 +11,9 @@ and both run unchanged in several processes started with
   Replicates everything on the local devices and splits each host batch
   across them. With ``nag_optax.accumulate_gradients(..., axis_name=...)``
   and ``reduce_gradients=False`` the gradients are averaged across devices
-  once per emitted step (micro-steps communicate nothing): the fastest path
-  when memory allows a full accumulator per device.
+  once per emitted step, and micro-steps neither communicate nor touch the
+  parameters: the fastest path when memory allows a full accumulator per
+  device (measured on 8 CPU devices: benchmarks/accumulation.py).
 
 ``jit_data_parallel``
   ``jax.jit`` with ``NamedSharding`` over a mesh with a data axis: the batch
@@ -49,10 +50,17 @@ On several hosts, start one process per host (or per GPU) and call
 * **TPU pods** (Cloud TPU VMs): run the script on every worker (``gcloud
   compute tpus tpu-vm ssh NAME --worker=all --command="python train.py"``);
   ``jax.distributed.initialize()`` needs no arguments there.
-* **GPU clusters under SLURM** (``srun``) or Open MPI (``mpirun``): one
-  process per node or per GPU; ``jax.distributed.initialize()`` reads the
-  cluster from the environment. Elsewhere pass ``coordinator_address=
-  "host0:1234"``, ``num_processes`` and ``process_id`` on every process.
+* **GPU clusters under SLURM** (``srun``), Open MPI (``mpirun``) or
+  Kubernetes: one process per node (all its GPUs) or per GPU;
+  ``jax.distributed.initialize()`` reads the cluster from the environment.
+  Elsewhere pass ``coordinator_address="host0:1234"``, ``num_processes`` and
+  ``process_id`` on every process (and ``local_device_ids`` for one process
+  per GPU). The coordinator port must be reachable from every host.
+* Which path: ``pmap_data_parallel`` with ``accumulate_gradients(...,
+  axis_name="batch")`` sends one all-reduce per emitted step, the best
+  choice across slow links (between hosts); ``jit_data_parallel(...,
+  zero1=True)`` divides the optimizer state by the number of devices, for
+  models whose momentum and accumulator do not fit replicated.
 * Each process loads its own shard of the data (e.g. ``dataset.shard(
   jax.process_count(), jax.process_index())``) with the same per-process
   batch size; ``dp.shard_batch`` turns it into the global batch (pmap:
@@ -596,7 +604,6 @@ def jit_data_parallel(
     if model_state is not None:
       model_state = _place_replicated(model_state, mesh)
     shardings = shardings_of(jax.eval_shape(make_state, params, model_state))
-    compiled["shardings"] = shardings
     return jax.jit(make_state, out_shardings=shardings)(params, model_state)
 
   def step_fn(state, batch):

@@ -219,3 +219,20 @@ def test_launcher_rejects_bad_sizes():
   with pytest.raises(ValueError, match="local_devices"):
     parallel.launch_local(["true"], local_devices=1.5)
   assert parallel.initialize() is False  # not launched by launch_local
+
+
+def test_module_docstring_example_runs():
+  doc = parallel.__doc__
+  block = doc.split("Example (8 local devices, 4 micro-batches per step)::\n", 1)[1]
+  block = block.split("\nData parallel on clusters", 1)[0]
+  code = "\n".join(line[2:] for line in block.splitlines())
+  rng = np.random.default_rng(3)
+  batches = [
+    (rng.normal(size=(16, 5)).astype(np.float32), np.ones((16, 1), np.float32))
+    for _ in range(4)
+  ]
+  namespace = {"host_batches": batches}
+  exec(compile(code, "parallel.__doc__", "exec"), namespace)
+  # Four micro-batches made one emitted step that moved w towards y = 1.
+  assert namespace["params"]["w"].shape == (5, 1)
+  assert np.any(namespace["params"]["w"] != 0.0)
