@@ -11,9 +11,10 @@ JAX is imported):
    update and the cross-device mean only on the emitted step. Both through
    ``nag_optax.parallel.pmap_data_parallel`` with the same inner optimizer
    (``nag_optax.nesterov``), donation on; with ``accumulate_gradients`` that
-   step also skips ``apply_updates`` on micro-steps. At k = 4 the jit + NamedSharding
-   path (compiler all-reduce every micro-step), replicated and ZeRO-1, is
-   timed too, for reference.
+   step also skips ``apply_updates`` on micro-steps. The same with
+   ``shard_map_data_parallel`` (jit(shard_map), no pmap). At k = 4 the
+   jit + NamedSharding path (compiler all-reduce every micro-step),
+   replicated and ZeRO-1, is timed too, for reference.
 2. Single-device cost of one micro-step (jitted ``update`` +
    ``optax.apply_updates``, params and state donated) on a tree of 200 float32
    leaves totalling 10M parameters, ``optax.MultiSteps`` against
@@ -128,6 +129,16 @@ def bench_cycles(quick):
           parallel.pmap_data_parallel(
             loss_fn,
             nag_optax.accumulate_gradients(inner(), k, axis_name="batch"),
+            reduce_gradients=False,
+          ),
+          params,
+          k,
+        ),
+        cycle_candidate(
+          "same, jit(shard_map)",
+          parallel.shard_map_data_parallel(
+            loss_fn,
+            nag_optax.accumulate_gradients(inner(), k, axis_name="data"),
             reduce_gradients=False,
           ),
           params,

@@ -1,10 +1,10 @@
 """Data-parallel training steps: ``jax.pmap``, or ``jax.jit`` over a mesh.
 
-All of nag_optax's ``pmap``-specific code lives in this module. Two paths turn
-a loss function and an optimizer into a data-parallel training step; both
+All of nag_optax's ``pmap``-specific code lives in this module. Three paths
+turn a loss function and an optimizer into a data-parallel training step; all
 return a :class:`DataParallel` (``init``, ``step``, ``shard_batch``,
 ``to_host``) around a :class:`TrainState` (params, opt_state, model_state),
-and both run unchanged in several processes started with
+and all run unchanged in several processes started with
 ``jax.distributed.initialize``: every process feeds its host-local batch.
 
 ``pmap_data_parallel``
@@ -14,6 +14,11 @@ and both run unchanged in several processes started with
   once per emitted step, and micro-steps neither communicate nor touch the
   parameters: the fastest path when memory allows a full accumulator per
   device (measured on 8 CPU devices: benchmarks/accumulation.py).
+
+``shard_map_data_parallel``
+  The same communication pattern without ``pmap`` (JAX's maintenance-mode
+  API): ``jax.jit(jax.shard_map(...))`` over a mesh, explicit collectives,
+  the accumulator device-local (stored with a leading device axis).
 
 ``jit_data_parallel``
   ``jax.jit`` with ``NamedSharding`` over a mesh with a data axis: the batch
@@ -56,11 +61,12 @@ On several hosts, start one process per host (or per GPU) and call
   Elsewhere pass ``coordinator_address="host0:1234"``, ``num_processes`` and
   ``process_id`` on every process (and ``local_device_ids`` for one process
   per GPU). The coordinator port must be reachable from every host.
-* Which path: ``pmap_data_parallel`` with ``accumulate_gradients(...,
-  axis_name="batch")`` sends one all-reduce per emitted step, the best
-  choice across slow links (between hosts); ``jit_data_parallel(...,
-  zero1=True)`` divides the optimizer state by the number of devices, for
-  models whose momentum and accumulator do not fit replicated.
+* Which path: ``pmap_data_parallel`` or ``shard_map_data_parallel`` with
+  ``accumulate_gradients(..., axis_name=<axis>)`` send one all-reduce per
+  emitted step, the best choice across slow links (between hosts);
+  ``jit_data_parallel(..., zero1=True)`` divides the optimizer state by the
+  number of devices, for models whose momentum and accumulator do not fit
+  replicated.
 * Each process loads its own shard of the data (e.g. ``dataset.shard(
   jax.process_count(), jax.process_index())``) with the same per-process
   batch size; ``dp.shard_batch`` turns it into the global batch (pmap:
@@ -106,6 +112,7 @@ __all__ = (
   "launch_local",
   "pmap_data_parallel",
   "replicate",
+  "shard_map_data_parallel",
   "split_batch",
   "to_host",
   "unreplicate",
@@ -136,9 +143,10 @@ class DataParallel(NamedTuple):
     init: ``init(params, model_state=None) -> TrainState`` placed on the
       devices, with the optimizer state initialised there.
     step: ``step(state, batch) -> (state, metrics)``, compiled once; the
-      input state is donated. ``metrics["loss"]`` (and ``metrics["aux"]``
-      with ``has_aux``) are per device under pmap (no collective), global
-      under jit.
+      input state is donated. ``step.lower(state, batch)`` gives the lowered
+      program (``.compile().as_text()``, ``.cost_analysis()``).
+      ``metrics["loss"]`` (and ``metrics["aux"]`` with ``has_aux``) are per
+      device under pmap and shard_map (no collective), global under jit.
     shard_batch: this process's batch (leading axis the per-process batch
       size) -> the batch ``step`` takes.
     to_host: device tree -> one NumPy copy (first replica under pmap;
@@ -614,7 +622,7 @@ def jit_data_parallel(
     params = _apply_updates(state.params, updates, opt_state)
     return TrainState(params, opt_state, model_state), _metrics(loss, aux)
 
-  def step(state, batch):
+  def jitted(state):
     key = jax.tree.structure(state)
     if key not in compiled:
       shardings = shardings_of(state)
@@ -623,7 +631,164 @@ def jit_data_parallel(
         out_shardings=(shardings, replicated),
         donate_argnums=(0,) if donate else (),
       )
-    return compiled[key](state, batch)
+    return compiled[key]
+
+  def step(state, batch):
+    return jitted(state)(state, batch)
+
+  step.lower = lambda state, batch: jitted(state).lower(state, batch)
+
+  return DataParallel(
+    init=init_fn,
+    step=step,
+    shard_batch=lambda batch: global_batch(batch, mesh),
+    to_host=to_host,
+  )
+
+
+# --------------------------------------------------------------------------
+# The jit(shard_map) path: pmap's communication pattern without pmap.
+
+_LOCAL = object()  # marks device-local state leaves while building specs
+
+
+def _map_device_local(opt_state, fn):
+  """Applies ``fn`` to the device-local leaves of every accumulation state.
+
+  ``acc_grads`` (and ``skip_state``) of ``accumulate_gradients`` differ
+  between devices until an emitted step averages them: under ``shard_map``
+  they are stored with a leading device axis, sharded over the data axis.
+  """
+  is_acc = lambda x: isinstance(x, _accumulation.AccumulateGradientsState)
+
+  def local(x):
+    if not is_acc(x):
+      return x
+    return x._replace(
+      acc_grads=jax.tree.map(fn, x.acc_grads),
+      skip_state=jax.tree.map(fn, x.skip_state),
+    )
+
+  return jax.tree.map(local, opt_state, is_leaf=is_acc)
+
+
+def _sync_every_step(model_state, axis_name):
+  """Averages the model state's replicas (integers: their maximum)."""
+
+  def mean(x):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      return jax.lax.pmean(x, axis_name)
+    return jax.lax.pmax(x.astype(jnp.int32), axis_name).astype(x.dtype)
+
+  return jax.tree.map(mean, model_state)
+
+
+def shard_map_data_parallel(
+  loss_fn: Callable[..., Any],
+  optimizer: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  reduce_gradients: bool = True,
+  has_aux: bool = False,
+  donate: bool = True,
+) -> DataParallel:
+  r"""A ``jax.jit(jax.shard_map(...))`` data-parallel step over a mesh.
+
+  The explicit-collectives path that JAX recommends in place of ``pmap``,
+  with :func:`pmap_data_parallel`'s semantics: each device computes the
+  gradient on its slice of the batch (with respect to parameters cast to
+  device-varying, so that it arrives unsummed) and the gradients are averaged
+  across the data axis, in the step (``reduce_gradients=True``) or, with
+  ``nag_optax.accumulate_gradients(..., axis_name=<the mesh axis>)`` and
+  ``reduce_gradients=False``, once per emitted step. Parameters and optimizer
+  state are replicated, except the accumulator, which is device-local and
+  stored with a leading device axis sharded over the data axis. Model state
+  is averaged across devices on every step (a small all-reduce). Metrics
+  come back per device, with a leading device axis.
+
+  Args:
+    loss_fn: as for :func:`pmap_data_parallel`.
+    optimizer: an optax optimizer.
+    mesh: a one-axis mesh (default: :func:`data_mesh` over all devices); its
+      axis name is the ``axis_name`` of ``accumulate_gradients``.
+    reduce_gradients: average the gradients in the step, on every call;
+      False when the optimizer does it once per emitted step.
+    has_aux: whether ``loss_fn`` returns auxiliary outputs.
+    donate: donate the input state to the step.
+
+  Returns:
+    A :class:`DataParallel`.
+  """
+  mesh = data_mesh() if mesh is None else mesh
+  axis = _data_axis(mesh)
+  n = mesh.shape[axis]
+  P = PartitionSpec
+
+  def specs_of(state):
+    marked = _map_device_local(state.opt_state, lambda _: _LOCAL)
+    opt = jax.tree.map(lambda x: P(axis) if x is _LOCAL else P(), marked)
+    return TrainState(
+      params=jax.tree.map(lambda _: P(), state.params),
+      opt_state=opt,
+      model_state=jax.tree.map(lambda _: P(), state.model_state),
+    )
+
+  def make_state(params, model_state):
+    opt_state = _map_device_local(
+      optimizer.init(params), lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a)))
+    )
+    return TrainState(params, opt_state, model_state)
+
+  def init_fn(params, model_state=None):
+    params = _place_replicated(params, mesh)
+    if model_state is not None:
+      model_state = _place_replicated(model_state, mesh)
+    specs = specs_of(jax.eval_shape(make_state, params, model_state))
+    shardings = jax.tree.map(
+      lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P)
+    )
+    return jax.jit(make_state, out_shardings=shardings)(params, model_state)
+
+  def body(state, batch):
+    opt_state = _map_device_local(state.opt_state, lambda a: a[0])
+    if not reduce_gradients and not _find_accumulation(opt_state):
+      raise ValueError(
+        "reduce_gradients=False needs an optimizer that averages gradients "
+        "across devices itself: nag_optax.accumulate_gradients(..., "
+        f"axis_name={axis!r})."
+      )
+    varying = jax.lax.pcast(state.params, axis, to="varying")
+    loss, model_state, aux, grads = _loss_and_grads(
+      loss_fn, has_aux, varying, batch, state.model_state
+    )
+    if reduce_gradients:
+      grads = jax.lax.pmean(grads, axis)
+    updates, opt_state = optimizer.update(grads, opt_state, state.params)
+    params = _apply_updates(state.params, updates, opt_state)
+    if model_state is not None:
+      model_state = _sync_every_step(model_state, axis)
+    opt_state = _map_device_local(opt_state, lambda a: a[None])
+    metrics = jax.tree.map(lambda x: jnp.asarray(x)[None], _metrics(loss, aux))
+    return TrainState(params, opt_state, model_state), metrics
+
+  compiled = {}
+
+  def jitted(state):
+    key = jax.tree.structure(state)
+    if key not in compiled:
+      specs = specs_of(state)
+      compiled[key] = jax.jit(
+        jax.shard_map(
+          body, mesh=mesh, in_specs=(specs, P(axis)), out_specs=(specs, P(axis))
+        ),
+        donate_argnums=(0,) if donate else (),
+      )
+    return compiled[key]
+
+  def step(state, batch):
+    return jitted(state)(state, batch)
+
+  step.lower = lambda state, batch: jitted(state).lower(state, batch)
 
   return DataParallel(
     init=init_fn,

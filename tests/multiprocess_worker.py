@@ -1,8 +1,9 @@
 """One process of tests/test_multiprocess.py (started by parallel.launch_local).
 
 Trains the model of tests/test_parallel.py for a few steps, each process
-feeding its own rows of every global batch, through the pmap path (gradients
-averaged once per emitted step) and the jit path with ZeRO-1 state, and
+feeding its own rows of every global batch, through the pmap and jit(shard_map)
+paths (gradients averaged once per emitted step) and the jit path with
+ZeRO-1 state, and
 writes the final parameters (as seen from this process) to
 ``<argv[1]>.<process index>.json``.
 """
@@ -62,6 +63,13 @@ def main(out_prefix):
   for t in range(STEPS):
     state, _ = dp.step(state, dp.shard_batch((x[t, rows], y[t, rows])))
   results["pmap"] = jax.tree.map(lambda a: a.tolist(), dp.to_host(state.params))
+
+  tx = nag_optax.accumulate_gradients(inner(), K, axis_name="data")
+  dp = parallel.shard_map_data_parallel(loss_fn, tx, reduce_gradients=False)
+  state = dp.init(init_params())
+  for t in range(STEPS):
+    state, _ = dp.step(state, dp.shard_batch((x[t, rows], y[t, rows])))
+  results["shard_map"] = jax.tree.map(lambda a: a.tolist(), dp.to_host(state.params))
 
   tx = nag_optax.accumulate_gradients(inner(), K)
   dp = parallel.jit_data_parallel(loss_fn, tx, zero1=True)

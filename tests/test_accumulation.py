@@ -2,7 +2,6 @@
 cross-device mean only on emitted steps, under jit, pmap and shard_map."""
 
 import doctest
-import re
 
 import chex
 import jax
@@ -14,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import nag_optax
 from nag_optax import _accumulation
+from tests.hlo_collectives import collective_placement
 
 N_DEVICES = 8
 SCHEDULE = optax.linear_schedule(0.1, 0.02, transition_steps=4)
@@ -320,71 +320,13 @@ def test_shard_map_equals_one_device_on_the_full_batch(shard_map_run, reference)
   chex.assert_trees_all_close(params, reference, rtol=1e-5, atol=1e-6)
 
 
-# HLO text: computations start at column 0 ("%name (" or "ENTRY %name (") and
-# end with "}"; calls name other computations in these attributes.
-_CALLS = re.compile(
-  r"(?:calls|to_apply|body|condition|branch_computations)=\{?([^}\s,]+(?:,\s*%[^}\s,]+)*)"
-)
-
-
-def _computations(hlo):
-  comps, name, entry = {}, None, None
-  for line in hlo.splitlines():
-    header = re.match(r"^(ENTRY )?%(\S+) \(", line)
-    if header:
-      name = header.group(2)
-      comps[name] = []
-      if header.group(1):
-        entry = name
-    elif line.startswith("}"):
-      name = None
-    elif name is not None:
-      comps[name].append(line)
-  return comps, entry
-
-
-def _reachable(comps, roots):
-  seen, todo = set(), list(roots)
-  while todo:
-    c = todo.pop()
-    if c in seen:
-      continue
-    seen.add(c)
-    for line in comps[c]:
-      for group in _CALLS.findall(line):
-        todo += [n.strip().lstrip("%") for n in group.split(",")]
-  return seen
-
-
-def _collective_placement(hlo):
-  """(all-reduces outside any conditional, [all-reduces per branch])."""
-  comps, entry = _computations(hlo)
-  is_collective = lambda line: re.search(r"\ball-reduce(-start)?\(", line)
-  count = lambda names: sum(
-    1 for c in names for line in comps[c] if is_collective(line)
-  )
-  conditionals = [
-    line
-    for c in _reachable(comps, [entry])
-    for line in comps[c]
-    if " conditional(" in line
-  ]
-  assert len(conditionals) <= 1, conditionals
-  branch_names = []
-  for line in conditionals:
-    (branches,) = re.findall(r"branch_computations=\{([^}]*)\}", line)
-    branch_names = [b.strip().lstrip("%") for b in branches.split(",")]
-  inside = set().union(*(_reachable(comps, [b]) for b in branch_names))
-  outside = _reachable(comps, [entry]) - inside
-  return count(outside), [count(_reachable(comps, [b])) for b in branch_names]
-
-
 @pytest.mark.parametrize("path", ["pmap", "shard_map"])
 def test_cross_device_mean_only_in_the_emitting_branch(path, pmap_run, shard_map_run):
   hlo = pmap_run[2] if path == "pmap" else shard_map_run[1]
-  outside, per_branch = _collective_placement(hlo)
+  outside, branches = collective_placement(hlo)
   assert outside == 0  # micro-steps communicate nothing
-  assert per_branch[0] == 0  # branch 0: accumulate only
+  (per_branch,) = branches
+  assert per_branch[0] == 0  # branch 0: pass through
   assert per_branch[1] >= 1  # branch 1: the emitted step's pmean
 
 
@@ -405,7 +347,7 @@ def test_collective_placement_detects_a_pmean_every_micro_step():
     .compile()
     .as_text()
   )
-  outside, _ = _collective_placement(hlo)
+  outside, _ = collective_placement(hlo)
   assert outside >= 1
 
 

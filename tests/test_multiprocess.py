@@ -1,5 +1,6 @@
 """Two processes x two CPU devices through jax.distributed on 127.0.0.1 get
-the single-process, single-device result (pmap and jit + ZeRO-1 paths)."""
+the single-process, single-device result (pmap, jit(shard_map) and jit +
+ZeRO-1 paths)."""
 
 import json
 import os
@@ -48,7 +49,7 @@ def test_two_processes_two_devices_each_equal_one_device(tmp_path):
   for i in range(2):
     result = json.loads((tmp_path / f"out.{i}.json").read_text())
     assert result["process_count"] == 2 and result["device_count"] == 4
-    for path in ("pmap", "jit_zero1"):
+    for path in ("pmap", "shard_map", "jit_zero1"):
       got = {k: np.asarray(v, np.float32) for k, v in result[path].items()}
       chex.assert_trees_all_close(got, reference, rtol=1e-5, atol=1e-6)
     # ZeRO-1 across processes: each process holds its 2 devices' quarters.

@@ -10,6 +10,7 @@ import pytest
 
 import nag_optax
 from nag_optax import parallel
+from tests.hlo_collectives import collective_placement
 
 N_DEVICES = 8
 K = 2
@@ -236,3 +237,42 @@ def test_module_docstring_example_runs():
   # Four micro-batches made one emitted step that moved w towards y = 1.
   assert namespace["params"]["w"].shape == (5, 1)
   assert np.any(namespace["params"]["w"] != 0.0)
+
+
+@pytest.fixture(scope="module")
+def shard_map_run():
+  tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="data")
+  dp = parallel.shard_map_data_parallel(
+    loss_with_state, tx, parallel.data_mesh(), reduce_gradients=False
+  )
+  state = dp.init(_params(), {"mean": jnp.zeros(4)})
+  for x, y in zip(X, Y, strict=True):
+    state, metrics = dp.step(state, dp.shard_batch((x, y)))
+  # The same step without model state, to read its collectives.
+  plain = parallel.shard_map_data_parallel(
+    loss_fn, tx, parallel.data_mesh(), reduce_gradients=False
+  )
+  plain_state = plain.init(_params())
+  batch = plain.shard_batch((X[0], Y[0]))
+  hlo = plain.step.lower(plain_state, batch).compile().as_text()
+  return dp, state, metrics, hlo
+
+
+def test_shard_map_accumulating_once_per_emitted_step_equals_one_device(
+  shard_map_run, reference
+):
+  dp, state, metrics, _ = shard_map_run
+  assert metrics["loss"].shape == (N_DEVICES,)
+  for leaf in jax.tree.leaves(state.params):
+    assert leaf.sharding.is_fully_replicated
+  acc = state.opt_state.acc_grads["w1"]
+  assert acc.shape == (N_DEVICES, 4, 16)  # one device-local accumulator each
+  _close(dp.to_host(state.params), reference[0])
+  _close(dp.to_host(state.model_state), reference[1])
+
+
+def test_shard_map_step_communicates_only_on_emitted_steps(shard_map_run):
+  outside, branches = collective_placement(shard_map_run[3])
+  assert outside == 0  # micro-steps communicate nothing
+  assert all(per_branch[0] == 0 for per_branch in branches)  # no-op branches
+  assert sum(per_branch[1] for per_branch in branches) >= 1  # the emitted step
