@@ -150,7 +150,9 @@ def jit_runs():
   runs = {}
   for zero1 in (False, True):
     tx = nag_optax.accumulate_gradients(_inner(), K)
-    dp = parallel.jit_data_parallel(loss_with_state, tx, mesh, zero1=zero1)
+    chex.clear_trace_counter()  # each run's step must trace exactly once
+    loss = chex.assert_max_traces(lambda *a: loss_with_state(*a), n=1)
+    dp = parallel.jit_data_parallel(loss, tx, mesh, zero1=zero1)
     state = dp.init(_params(), {"mean": jnp.zeros(4)})
     trajectory = []
     for x, y in zip(X, Y, strict=True):
@@ -242,8 +244,12 @@ def test_module_docstring_example_runs():
 @pytest.fixture(scope="module")
 def shard_map_run():
   tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="data")
+  chex.clear_trace_counter()
   dp = parallel.shard_map_data_parallel(
-    loss_with_state, tx, parallel.data_mesh(), reduce_gradients=False
+    chex.assert_max_traces(lambda *a: loss_with_state(*a), n=1),
+    tx,
+    parallel.data_mesh(),
+    reduce_gradients=False,
   )
   state = dp.init(_params(), {"mean": jnp.zeros(4)})
   for x, y in zip(X, Y, strict=True):
