@@ -188,6 +188,14 @@ def accumulate_gradients(
   any (one boolean all-reduce per call: without a skip function, micro-steps
   communicate nothing).
 
+  One deliberate difference: an emitted step resets the accumulator to
+  exact zeros, where ``optax.MultiSteps`` multiplies it by 0, so that one
+  non-finite micro-gradient (without a skip function) spoils only its own
+  cycle instead of every later one.
+
+  For complete data-parallel training steps built on this (pmap, jit with
+  shard_map, multi-process) see :mod:`nag_optax.parallel`.
+
   Read whether a call emitted, and the emitted-step count, with
   :func:`nag_optax.accumulation_emitted` and
   :func:`nag_optax.accumulation_gradient_step` (log the learning rate from the

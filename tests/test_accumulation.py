@@ -125,6 +125,20 @@ def test_skip_not_finite_matches_multisteps():
   assert np.all(np.isfinite(jax.tree.leaves(params)[0]))
 
 
+def test_a_non_finite_cycle_does_not_spoil_the_next_one():
+  inner = optax.sgd(0.1)  # stateless: only the accumulator can carry the inf
+  grads = _grads(8, 4)
+  grads[0] = jax.tree.map(lambda g: g.at[0].set(jnp.inf), grads[0])
+  ours, state, _ = _run(nag_optax.accumulate_gradients(inner, 2), grads)
+  ref, _, _ = _run(optax.MultiSteps(inner, 2), grads)
+  chex.assert_trees_all_equal(ours[1], ref[1])  # the spoilt cycle: as optax
+  assert not np.all(np.isfinite(ours[1]["w"]))
+  assert np.all(np.isfinite(ours[3]["w"]))  # the next cycle recovers ...
+  assert not np.all(np.isfinite(ref[3]["w"]))  # ... where MultiSteps keeps NaN
+  mean = jax.tree.map(lambda a, b: -0.1 * (a + b) / 2, grads[2], grads[3])
+  chex.assert_trees_all_close(ours[3], mean, rtol=1e-6)
+
+
 def test_accessors_and_eval_params_through_the_state():
   inner = nag_optax.nesterov(0.1, momentum=0.9)
   tx = optax.chain(optax.clip(10.0), nag_optax.accumulate_gradients(inner, 2))
