@@ -106,12 +106,15 @@ def _md5(path: str) -> str:
   return digest.hexdigest()
 
 
-def download(data_dir: str, url: str = URL, md5: str = MD5) -> str:
+def download(data_dir: str, url: str | None = None, md5: str | None = None) -> str:
   """Downloads the archive into data_dir with a progress bar; checks its MD5.
 
   Writes to a temporary file and renames it only once the checksum matches,
-  so nothing half-written is left behind.
+  so nothing half-written is left behind (also on an interrupted download).
+  `url` and `md5` default to the official archive's (read at call time).
   """
+  url = URL if url is None else url
+  md5 = MD5 if md5 is None else md5
   os.makedirs(data_dir, exist_ok=True)
   target = os.path.join(data_dir, ARCHIVE)
   fd, tmp = tempfile.mkstemp(dir=data_dir, suffix=".part")

@@ -123,3 +123,42 @@ def test_missing_batch_file_is_named(tmp_path):
   os.remove(os.path.join(folder, "test_batch"))
   with pytest.raises(ip.DataError, match="test_batch is missing"):
     ip.load_cifar10(str(tmp_path), download=False)
+
+
+def _archive_of(layout, path):
+  with tarfile.open(path, "w:gz") as tar:
+    tar.add(os.path.join(layout, ip.FOLDER), arcname=ip.FOLDER)
+  return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_download_checks_md5_and_renames_atomically(
+  layout, tmp_path, monkeypatch, capsys
+):
+  source = tmp_path / "served.tar.gz"
+  digest = _archive_of(layout, source)
+  monkeypatch.setattr(ip, "URL", source.as_uri())
+  monkeypatch.setattr(ip, "MD5", digest)
+  target = tmp_path / "fresh"
+  data = ip.load_cifar10(str(target), download=True)
+  assert sorted(os.listdir(target)) == [ip.ARCHIVE]  # no .part file left
+  assert data["train_images"].shape == (5 * SMALL, 32, 32, 3)
+  assert "CIFAR-10 [" in capsys.readouterr().err  # the progress bar
+
+
+def test_download_with_wrong_md5_leaves_nothing(layout, tmp_path, monkeypatch):
+  source = tmp_path / "served.tar.gz"
+  _archive_of(layout, source)
+  monkeypatch.setattr(ip, "URL", source.as_uri())
+  target = tmp_path / "fresh"
+  with pytest.raises(ip.DataError, match="wrong MD5"):
+    ip.load_cifar10(str(target), download=True)
+  assert os.listdir(target) == []
+
+
+def test_truncated_archive_is_a_clear_error(layout, tmp_path, monkeypatch):
+  archive = tmp_path / ip.ARCHIVE
+  _archive_of(layout, archive)
+  archive.write_bytes(archive.read_bytes()[:2000])
+  monkeypatch.setattr(ip, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+  with pytest.raises(ip.DataError, match="not a readable"):
+    ip.load_cifar10(str(tmp_path), download=False)
