@@ -1,5 +1,6 @@
 """Adan exactly as the reference implementation (sail-sg/Adan, adan.py)."""
 
+from typing import Any
 from typing import NamedTuple
 
 import jax
@@ -45,6 +46,7 @@ def scale_by_adan(
   *,
   restart: str | None = None,
   restart_every: int | None = None,
+  accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adan's direction as the reference code computes it (no learning rate).
 
@@ -68,8 +70,16 @@ def scale_by_adan(
   **Restart.** ``restart="gradient"`` (the step :math:`-d_t` goes uphill for
   :math:`g_t`), ``"function"`` (``value`` went up) or ``restart_every`` zero
   the momentum buffers :math:`m, v` after the step and restart their bias
-  corrections (so the fresh buffers are not under-corrected); the second
-  moment :math:`n` and its correction carry on, as its scale is still right.
+  corrections :math:`c_1, c_2`, so the fresh buffers are not under-corrected
+  (the next direction is :math:`(g + b_2 \Delta) / (\sqrt{n / c_3} +
+  \epsilon)`, as at step 1). The second moment :math:`n`, its correction
+  :math:`c_3` and the previous gradient carry on. This is deliberately less
+  than the reference's ``Adan.restart_opt()`` (a manual restart that also
+  zeroes :math:`n` and the step): an adaptive restart may fire many times,
+  and a fresh :math:`n` makes the next step :math:`\mathrm{sign}(g + b_2
+  \Delta)`, a jump to a step of size :math:`\alpha` in every coordinate at
+  each restart. What went uphill is the momentum; :math:`n` estimates the
+  gradient's scale, which a restart does not change.
 
   Args:
     b1: in [0, 1); 0.98 in the reference (the paper writes 1 - 0.02).
@@ -79,6 +89,9 @@ def scale_by_adan(
     max_grad_norm: global clipping norm; 0 disables clipping.
     restart: None, "gradient" or "function".
     restart_every: restart every this many steps.
+    accumulator_dtype: dtype of the four buffers (:math:`m, v, n` and the
+      previous gradient); None uses the params'. Arithmetic runs in float32
+      or wider either way.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -92,9 +105,12 @@ def scale_by_adan(
   _validation.check_interval("eps", eps, 0.0)
   _validation.check_interval("max_grad_norm", max_grad_norm, 0.0)
   _restart.validate(restart, restart_every)
+  accumulator_dtype = (
+    None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
+  )
 
   def init_fn(params):
-    zeros = lambda: optax.tree.zeros_like(params)
+    zeros = lambda: optax.tree.zeros_like(params, dtype=accumulator_dtype)
     scalar = _precision.scalar_dtype()
     return ScaleByAdanState(
       count=jnp.zeros([], jnp.int32),
@@ -228,6 +244,7 @@ def adan(
   *,
   restart: str | None = None,
   restart_every: int | None = None,
+  accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adan exactly as the reference ``sail-sg/Adan`` (``adan.py``).
 
@@ -255,6 +272,7 @@ def adan(
     max_grad_norm: global gradient clipping norm; 0 disables it.
     restart: None, "gradient" or "function" (see :func:`scale_by_adan`).
     restart_every: restart every this many steps.
+    accumulator_dtype: dtype of the four buffers; None uses the params'.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -273,7 +291,14 @@ def adan(
   _validation.check_interval("weight_decay", weight_decay, 0.0)
   return optax.chain(
     scale_by_adan(
-      b1, b2, b3, eps, max_grad_norm, restart=restart, restart_every=restart_every
+      b1,
+      b2,
+      b3,
+      eps,
+      max_grad_norm,
+      restart=restart,
+      restart_every=restart_every,
+      accumulator_dtype=accumulator_dtype,
     ),
     _scale_and_decay(learning_rate, weight_decay, no_prox),
   )

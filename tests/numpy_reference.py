@@ -199,21 +199,36 @@ def reference_adan(
   weight_decay=0.0,
   max_grad_norm=0.0,
   no_prox=False,
+  nesterov_coef=None,
+  restart_every=None,
 ):
-  """sail-sg/Adan `adan.py`: `Adan.step` and `_single_tensor_adan`, one group."""
+  """sail-sg/Adan `adan.py`: `Adan.step` and `_single_tensor_adan`, one group.
+
+  Two switches leave the reference, to describe other rules against it:
+  ``nesterov_coef`` replaces beta2 where it multiplies the gradient
+  difference in the two Nesterov terms (``neg_grad_or_diff * beta2 + grad``
+  and ``step_size_diff``); optax 0.2.8 uses ``1 - beta2`` there.
+  ``restart_every=K`` is nag_optax's documented restart (not in the
+  reference): after every K-th step since the last restart, zero exp_avg and
+  exp_avg_diff and restart the step count of their bias corrections; exp_avg_sq,
+  its bias correction and the previous gradient carry on.
+  """
   beta1, beta2, beta3 = betas
+  coef = beta2 if nesterov_coef is None else nesterov_coef
   p = np.array(p0, np.float64)
   exp_avg, exp_avg_sq, exp_avg_diff = (np.zeros_like(p) for _ in range(3))
   neg_pre_grad = None
+  momentum_step = 0
   out = []
   for step in range(1, steps + 1):
+    momentum_step += 1
     grad = grad_fn(p)
     if max_grad_norm > 0:
       clip = min(max_grad_norm / (np.sqrt(np.sum(grad**2)) + eps), 1.0)
     else:
       clip = 1.0
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2 = 1.0 - beta2**step
+    bias_correction1 = 1.0 - beta1**momentum_step
+    bias_correction2 = 1.0 - beta2**momentum_step
     bias_correction3 = 1.0 - beta3**step
     if neg_pre_grad is None:
       neg_pre_grad = grad * -clip
@@ -221,10 +236,10 @@ def reference_adan(
     neg_grad_or_diff = neg_pre_grad + grad
     exp_avg = exp_avg * beta1 + grad * (1 - beta1)
     exp_avg_diff = exp_avg_diff * beta2 + neg_grad_or_diff * (1 - beta2)
-    neg_grad_or_diff = neg_grad_or_diff * beta2 + grad
+    neg_grad_or_diff = neg_grad_or_diff * coef + grad
     exp_avg_sq = exp_avg_sq * beta3 + neg_grad_or_diff**2 * (1 - beta3)
     denom = np.sqrt(exp_avg_sq) / np.sqrt(bias_correction3) + eps
-    step_size_diff = lr * beta2 / bias_correction2
+    step_size_diff = lr * coef / bias_correction2
     step_size = lr / bias_correction1
     if no_prox:
       p = p * (1 - lr * weight_decay)
@@ -235,5 +250,7 @@ def reference_adan(
       p = p - step_size_diff * exp_avg_diff / denom
       p = p / (1 + lr * weight_decay)
     neg_pre_grad = -grad
+    if restart_every is not None and momentum_step == restart_every:
+      exp_avg, exp_avg_diff, momentum_step = 0 * exp_avg, 0 * exp_avg_diff, 0
     out.append(p.copy())
   return out
