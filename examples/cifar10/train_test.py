@@ -30,9 +30,10 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MAKE_CIFAR10 = os.path.join(REPO, "..", "shared", "data", "make_cifar10.py")
 
 # The smoke preset's test accuracy with TTA (2000 test images) must beat
-# this. Chance is 0.10; calibrated on this 2-core machine at seeds 0-2, the
-# preset reached 0.45-0.47 (CIFAR-10, JPEG copy).
-SMOKE_MIN_ACCURACY = 0.35
+# this. Chance is 0.10; calibrated on this 2-core machine with seeds 0, 1, 2
+# the preset reached 0.3725, 0.3725, 0.3745 (CIFAR-10, JPEG copy) in 22-24 s
+# of training (about 40 s end to end).
+SMOKE_MIN_ACCURACY = 0.25
 
 
 @pytest.fixture(scope="session")
@@ -356,3 +357,38 @@ def test_presets_are_consistent():
     config = preset.get_config()
     assert config.batch_size % config.accum_steps == 0
     assert config.model in ("airbench94", "resnet18")
+
+
+@pytest.mark.parametrize(
+  "model,dtype", [("airbench94", "bfloat16"), ("resnet18", "float32")]
+)
+def test_gpu_recipe_and_resnet_trace_with_accumulation(model, dtype):
+  """The default (GPU) preset's bf16 path and ResNet-18, with accum_steps=2,
+  traced abstractly: float32 parameters and loss, the expected groups."""
+  config = default.get_config()
+  config.update(model=model, compute_dtype=dtype, accum_steps=2)
+  net = models.create_model(config)
+  tx = train.create_optimizer(config, 476, 48)
+
+  def step(x, y):
+    v = net.init(jax.random.key(0), x[:2], train=False)
+    loss_fn = functools.partial(train.loss_fn, net, config)
+    (loss, (stats, _)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+      v["params"], (x, y), v["batch_stats"]
+    )
+    updates, _ = tx.update(g, tx.init(v["params"]), v["params"])
+    params = optax.apply_updates(v["params"], updates)
+    preds = train.eval_step(net, {"params": params, "batch_stats": stats}, x, 2)
+    return loss, params, preds
+
+  x, y = jnp.zeros((8, 32, 32, 3)), jnp.zeros((8,), jnp.int32)
+  loss, params, preds = jax.eval_shape(step, x, y)
+  assert loss.dtype == jnp.float32
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  assert preds[1].shape == (8,)
+  variables = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))
+  labels = set(jax.tree.leaves(train.param_labels(variables["params"])))
+  want = {"bn_bias", "other"} | (
+    {"frozen", "whiten_bias"} if model == "airbench94" else set()
+  )
+  assert labels == want
