@@ -539,6 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   k = config.accum_steps
   while step < stop_at:
     epoch = step // steps_per_epoch
+    train_before_epoch = timer.totals.get("train", 0.0)  # excludes checkpoints
     t0 = time.perf_counter()
     plan = make_plan(data_key, epoch)
     epoch_end = min((epoch + 1) * steps_per_epoch, stop_at)
@@ -572,8 +573,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         t0 = time.perf_counter()
     step = epoch_end
     jax.block_until_ready(state)
-    epoch_seconds = time.perf_counter() - t0
-    timer.add("train", epoch_seconds)
+    timer.add("train", time.perf_counter() - t0)
+    epoch_seconds = timer.totals["train"] - train_before_epoch
 
     host = parallel.to_host(pending)
     for i, m in enumerate(host):
