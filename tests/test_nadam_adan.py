@@ -1,5 +1,7 @@
 """NAdam and Adan against NumPy transcriptions of PyTorch and the Adan reference."""
 
+import doctest
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,8 @@ import optax
 import pytest
 
 import nag_optax
+from nag_optax import _adan
+from nag_optax import _nadam
 from tests import numpy_reference as ref
 from tests.test_nesterov_parity import _P0
 from tests.test_nesterov_parity import STEPS
@@ -229,3 +233,27 @@ def quadratic_runs_run_adan(quadratic_runs, kappa, scheme):
 
   values, state = run(jnp.ones_like(lam))
   return np.asarray(values), f_np(np.ones_like(lam_np)), state
+
+
+@pytest.mark.parametrize(
+  "factory,kwargs,match",
+  [
+    (nag_optax.nadam, {"b1": 1.0}, "b1"),
+    (nag_optax.nadam, {"b2": -0.1}, "b2"),
+    (nag_optax.nadam, {"momentum_decay": -1.0}, "momentum_decay"),
+    (nag_optax.nadam, {"weight_decay": -1.0}, "weight_decay"),
+    (nag_optax.adan, {"b3": 1.0}, "b3"),
+    (nag_optax.adan, {"max_grad_norm": -1.0}, "max_grad_norm"),
+    (nag_optax.adan, {"restart": "loss"}, "restart"),
+    (nag_optax.adan, {"restart_every": 0}, "restart_every"),
+  ],
+)
+def test_bad_hyperparameters_fail_at_construction(factory, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    factory(1e-3, **kwargs)
+
+
+@pytest.mark.parametrize("module", [_nadam, _adan])
+def test_docstring_examples_run(module):
+  result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0 and result.failed == 0
