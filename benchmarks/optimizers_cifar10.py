@@ -2,9 +2,9 @@
 
 A small CNN (3 conv blocks of 16/32/64 channels, 2x2 max pooling, global
 average pooling, ~24k parameters) trained for a fixed budget (the first
-10 000 training images, 3 epochs, batch 128: 234 steps) with the same schedule for
-every optimizer (10% linear warm-up, cosine decay to 0) and random horizontal
-flips. Each optimizer's peak learning rate was tuned once with ``--tune``:
+10 000 training images, 3 epochs, batch 128: 234 steps) with the same
+schedule for every optimizer (10% linear warm-up, cosine decay to 0) and
+random horizontal flips. Each optimizer's peak learning rate was tuned once with ``--tune``:
 a grid per optimizer, seed 0, trained as above and scored on a validation set
 held out from the training set (its last 5000 images, never trained on),
 never on the test set; the best validation accuracy wins, and a grid whose
@@ -15,8 +15,8 @@ final test accuracy and loss on the 10 000 test images: mean and spread
 (min-max).
 
     python /work/shared/data/make_cifar10.py data     # or the official archive in data/
-    python benchmarks/optimizers_cifar10.py           # ~10-20 min on 2 shared CPU cores
-    python benchmarks/optimizers_cifar10.py --tune    # the learning-rate grids, ~15 min
+    python benchmarks/optimizers_cifar10.py           # 24 runs, 6.5 min at load 2-4
+    python benchmarks/optimizers_cifar10.py --tune    # the lr grids, 29 runs, ~15 min
     python benchmarks/optimizers_cifar10.py --quick   # smoke run, ~2 min
 
 The training loop is a Python loop over a jitted step, not a ``lax.scan``:
