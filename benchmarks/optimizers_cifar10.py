@@ -4,15 +4,15 @@ A small CNN (3 conv blocks of 16/32/64 channels, 2x2 max pooling, global
 average pooling, ~24k parameters) trained for a fixed budget (the first
 10 000 training images, 3 epochs, batch 128: 234 steps) with the same
 schedule for every optimizer (10% linear warm-up, cosine decay to 0) and
-random horizontal flips. Each optimizer's peak learning rate was tuned once with ``--tune``:
-a grid per optimizer, seed 0, trained as above and scored on a validation set
-held out from the training set (its last 5000 images, never trained on),
-never on the test set; the best validation accuracy wins, and a grid whose
-best point is at an edge is extended by one point (``TUNED`` records the
-choices, ``results/optimizers_cifar10_tuning.json`` the whole grid). The
-comparison then trains 3 seeds per optimizer at the tuned rate and reports
-final test accuracy and loss on the 10 000 test images: mean and spread
-(min-max).
+random horizontal flips. Each optimizer's peak learning rate was tuned once
+with ``--tune``: a grid per optimizer, seed 0, trained as above and scored on
+a validation set held out from the training set (its last 5000 images, never
+trained on), never on the test set; the best validation accuracy wins, and a
+grid whose best point is at an edge is extended by one point (``TUNED``
+records the choices, ``results/optimizers_cifar10_tuning.json`` the whole
+grid). The comparison then trains 3 seeds per optimizer at the tuned rate
+and reports final test accuracy and loss on the 10 000 test images: mean and
+spread (min-max).
 
     python /work/shared/data/make_cifar10.py data     # or the official archive in data/
     python benchmarks/optimizers_cifar10.py           # 24 runs, 6.5 min at load 2-4
