@@ -34,8 +34,11 @@ class AccumulateGradientsState(NamedTuple):
     inner_opt_state: the wrapped optimizer's state (a pytree child, so
       :func:`nag_optax.nesterov_eval_params` finds a Nesterov state in it).
     acc_grads: the running mean (or sum) of this cycle's micro-gradients, in
-      ``accumulator_dtype``. With ``axis_name`` it is device-local: it differs
-      between devices until the emitted step averages it.
+      ``accumulator_dtype``. Right after an emitted step (``mini_step`` 0) it
+      still holds that cycle's value, which the next call replaces (where
+      ``optax.MultiSteps`` holds zeros). With ``axis_name`` it is
+      device-local: each device's own micro-gradients, never averaged in
+      place.
     skip_state: what ``should_skip_update_fn`` returned at the last call
       (``()`` without one).
   """
@@ -165,7 +168,7 @@ def accumulate_gradients(
 
   Unlike ``optax.MultiSteps``, the inner update sits in the taken branch of a
   ``lax.cond``: it runs **only** on emitted steps, so a micro-step costs one
-  accumulation (no inner update, no state copies), and with ``axis_name``
+  accumulation (no inner update, no copy of its state), and with ``axis_name``
   (inside ``jax.pmap`` or ``jax.shard_map``) the accumulated gradient is
   averaged across that axis **once per emitted step**,
 
@@ -188,10 +191,14 @@ def accumulate_gradients(
   any (one boolean all-reduce per call: without a skip function, micro-steps
   communicate nothing).
 
-  One deliberate difference: an emitted step resets the accumulator to
-  exact zeros, where ``optax.MultiSteps`` multiplies it by 0, so that one
-  non-finite micro-gradient (without a skip function) spoils only its own
-  cycle instead of every later one.
+  Two deliberate differences in the state. The first call of a cycle
+  *replaces* the accumulator with its gradient instead of adding to zeros:
+  one pass over the accumulator per call, written in place, no reset after
+  the emitted step (so ``acc_grads`` differs from ``optax.MultiSteps``' only
+  right after an emitted step, where it still holds the cycle just
+  applied). And one non-finite micro-gradient (without a skip function)
+  spoils only its own cycle, where ``optax.MultiSteps``, which multiplies
+  the accumulator by 0, carries the NaN into every later one.
 
   For complete data-parallel training steps built on this (pmap, jit with
   shard_map, multi-process) see :mod:`nag_optax.parallel`.
@@ -315,29 +322,38 @@ def accumulate_gradients(
         skip = jax.lax.pmax(skip.astype(jnp.int32), axis_name) > 0
 
     def accumulate(grads, acc):
+      # A cycle starts from the gradient itself (mini_step 0): nothing resets
+      # the accumulator after an emitted step, so each call makes one pass
+      # over it, in place, computed once and read by the emitting branch.
+      # (Resetting it after the conditional costs a second pass; passing it
+      # through the branches makes XLA copy it.)
       if use_grad_mean:  # Welford's running mean, as optax.MultiSteps.
-        new = jax.tree.map(lambda g, a: a + (g - a) / (mini_step + 1), grads, acc)
+        step = lambda g, a: a + (g - a) / (mini_step + 1)
       else:
-        new = jax.tree.map(lambda g, a: g + a, grads, acc)
-      return jax.tree.map(lambda n, a: n.astype(a.dtype), new, acc)
+        step = lambda g, a: g + a
+      return jax.tree.map(
+        lambda g, a: jnp.where(mini_step == 0, g, step(g, a)).astype(a.dtype),
+        grads,
+        acc,
+      )
 
-    def emit_branch(grads, acc, inner_state, params):
-      mean = accumulate(grads, acc)
+    acc = accumulate(updates, state.acc_grads)
+    if skip is not None:  # A skipped call leaves the accumulator as it was.
+      acc = jax.tree.map(lambda n, a: jnp.where(skip, a, n), acc, state.acc_grads)
+
+    def emit_branch(mean, inner_state, params):
       if axis_name is not None:
         mean = jax.lax.pmean(mean, axis_name)
-      mean = jax.tree.map(lambda m, g: m.astype(g.dtype), mean, grads)
-      new_updates, new_inner_state = inner.update(
-        mean, inner_state, params, **extra_args
-      )
-      return new_updates, new_inner_state, jnp.zeros([], jnp.bool_)
+      mean = jax.tree.map(lambda m, g: m.astype(g.dtype), mean, updates)
+      return inner.update(mean, inner_state, params, **extra_args)
 
-    operands = (updates, state.acc_grads, state.inner_opt_state, params)
+    operands = (acc, state.inner_opt_state, params)
     emitted_shapes = jax.eval_shape(emit_branch, *operands)[0]
 
-    def micro_branch(grads, acc, inner_state, params):
-      del grads, acc, params
+    def micro_branch(mean, inner_state, params):
+      del mean, params
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), emitted_shapes)
-      return zeros, inner_state, jnp.ones([], jnp.bool_)
+      return zeros, inner_state
 
     emit = mini_step == k - 1
     next_mini_step = optax.safe_increment(mini_step) % k
@@ -345,18 +361,9 @@ def accumulate_gradients(
       emit = jnp.logical_and(emit, jnp.logical_not(skip))
       next_mini_step = jnp.where(skip, mini_step, next_mini_step)
 
-    new_updates, inner_state, keep = _cond_with_matching_varying_axes(
+    new_updates, inner_state = _cond_with_matching_varying_axes(
       emit, micro_branch, emit_branch, operands
     )
-    # The accumulator is updated outside the conditional, in place in its
-    # (donated) buffer (XLA copies buffers passed through a branch), after it:
-    # ``keep`` comes out of the conditional so that the emitting branch has
-    # read the old buffer first. That branch recomputes the same sum from the
-    # same inputs.
-    acc = accumulate(updates, state.acc_grads)
-    if skip is not None:  # A skipped call leaves the accumulator as it was.
-      acc = jax.tree.map(lambda n, a: jnp.where(skip, a, n), acc, state.acc_grads)
-    acc = jax.tree.map(lambda a: jnp.where(keep, a, jnp.zeros_like(a)), acc)
     new_state = AccumulateGradientsState(
       mini_step=jnp.asarray(next_mini_step, jnp.int32),
       gradient_step=jnp.where(
