@@ -252,6 +252,24 @@ def _apply_updates(params, updates, opt_state):
   )
 
 
+def _step_per_state_structure(compile_for):
+  """``step(state, batch)`` running ``compile_for(state)``, built once per
+  state structure (the shardings depend on it); ``step.lower`` lowers it."""
+  compiled = {}
+
+  def jitted(state):
+    key = jax.tree.structure(state)
+    if key not in compiled:
+      compiled[key] = compile_for(state)
+    return compiled[key]
+
+  def step(state, batch):
+    return jitted(state)(state, batch)
+
+  step.lower = lambda state, batch: jitted(state).lower(state, batch)
+  return step
+
+
 # --------------------------------------------------------------------------
 # The pmap path.
 
@@ -605,8 +623,6 @@ def jit_data_parallel(
   def make_state(params, model_state):
     return TrainState(params, optimizer.init(params), model_state)
 
-  compiled = {}
-
   def init_fn(params, model_state=None):
     params = _place_replicated(params, mesh)
     if model_state is not None:
@@ -622,25 +638,16 @@ def jit_data_parallel(
     params = _apply_updates(state.params, updates, opt_state)
     return TrainState(params, opt_state, model_state), _metrics(loss, aux)
 
-  def jitted(state):
-    key = jax.tree.structure(state)
-    if key not in compiled:
-      shardings = shardings_of(state)
-      compiled[key] = jax.jit(
-        step_fn,
-        out_shardings=(shardings, replicated),
-        donate_argnums=(0,) if donate else (),
-      )
-    return compiled[key]
-
-  def step(state, batch):
-    return jitted(state)(state, batch)
-
-  step.lower = lambda state, batch: jitted(state).lower(state, batch)
+  def compile_for(state):
+    return jax.jit(
+      step_fn,
+      out_shardings=(shardings_of(state), replicated),
+      donate_argnums=(0,) if donate else (),
+    )
 
   return DataParallel(
     init=init_fn,
-    step=step,
+    step=_step_per_state_structure(compile_for),
     shard_batch=lambda batch: global_batch(batch, mesh),
     to_host=to_host,
   )
@@ -771,28 +778,18 @@ def shard_map_data_parallel(
     metrics = jax.tree.map(lambda x: jnp.asarray(x)[None], _metrics(loss, aux))
     return TrainState(params, opt_state, model_state), metrics
 
-  compiled = {}
-
-  def jitted(state):
-    key = jax.tree.structure(state)
-    if key not in compiled:
-      specs = specs_of(state)
-      compiled[key] = jax.jit(
-        jax.shard_map(
-          body, mesh=mesh, in_specs=(specs, P(axis)), out_specs=(specs, P(axis))
-        ),
-        donate_argnums=(0,) if donate else (),
-      )
-    return compiled[key]
-
-  def step(state, batch):
-    return jitted(state)(state, batch)
-
-  step.lower = lambda state, batch: jitted(state).lower(state, batch)
+  def compile_for(state):
+    specs = specs_of(state)
+    return jax.jit(
+      jax.shard_map(
+        body, mesh=mesh, in_specs=(specs, P(axis)), out_specs=(specs, P(axis))
+      ),
+      donate_argnums=(0,) if donate else (),
+    )
 
   return DataParallel(
     init=init_fn,
-    step=step,
+    step=_step_per_state_structure(compile_for),
     shard_batch=lambda batch: global_batch(batch, mesh),
     to_host=to_host,
   )

@@ -1,6 +1,6 @@
 """One process of tests/test_multiprocess.py (started by parallel.launch_local).
 
-Trains the model of tests/test_parallel.py for a few steps, each process
+Trains the model of tests/toy_regression.py for a few steps, each process
 feeding its own rows of every global batch, through the pmap and jit(shard_map)
 paths (gradients averaged once per emitted step) and the jit path with
 ZeRO-1 state, and
@@ -12,43 +12,13 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
 import nag_optax
 from nag_optax import parallel
+from tests import toy_regression as toy
 
-K = 2
-STEPS = 4
-
-
-def data():
-  rng = np.random.default_rng(11)
-  x = rng.normal(size=(STEPS, 32, 4)).astype(np.float32)
-  y = rng.normal(size=(STEPS, 32, 1)).astype(np.float32)
-  return x, y
-
-
-def init_params():
-  rng = np.random.default_rng(0)
-  return {
-    "w1": jnp.asarray(rng.normal(size=(4, 16)) * 0.5, jnp.float32),
-    "b1": jnp.zeros(16),
-    "w2": jnp.asarray(rng.normal(size=(16, 1)) * 0.5, jnp.float32),
-    "b2": jnp.zeros(1),
-  }
-
-
-def loss_fn(params, batch):
-  x, y = batch
-  hidden = jnp.tanh(x @ params["w1"] + params["b1"])
-  return jnp.mean((hidden @ params["w2"] + params["b2"] - y) ** 2)
-
-
-def inner():
-  schedule = optax.linear_schedule(0.1, 0.02, transition_steps=4)
-  return nag_optax.nesterov(schedule, momentum=0.9, weight_decay=1e-3)
+K, STEPS = toy.K, toy.STEPS
+data, init_params, loss_fn, inner = toy.data, toy.init_params, toy.loss_fn, toy.inner
 
 
 def main(out_prefix):

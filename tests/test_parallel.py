@@ -10,34 +10,15 @@ import pytest
 
 import nag_optax
 from nag_optax import parallel
+from tests import toy_regression as toy
 from tests.hlo_collectives import collective_placement
 
 N_DEVICES = 8
-K = 2
-STEPS = 4  # two emitted steps
-SCHEDULE = optax.linear_schedule(0.1, 0.02, transition_steps=4)
-RNG = np.random.default_rng(11)
-X = RNG.normal(size=(STEPS, 32, 4)).astype(np.float32)
-Y = RNG.normal(size=(STEPS, 32, 1)).astype(np.float32)
-
-
-def _params():
-  rng = np.random.default_rng(0)
-  return {
-    "w1": jnp.asarray(rng.normal(size=(4, 16)) * 0.5, jnp.float32),
-    "b1": jnp.zeros(16),
-    "w2": jnp.asarray(rng.normal(size=(16, 1)) * 0.5, jnp.float32),
-    "b2": jnp.zeros(1),
-  }
-
-
-def _predict(params, x):
-  return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
-
-
-def loss_fn(params, batch):
-  x, y = batch
-  return jnp.mean((_predict(params, x) - y) ** 2)
+K, STEPS = toy.K, toy.STEPS
+X, Y = toy.data()
+_params = toy.init_params
+loss_fn = toy.loss_fn
+_inner = toy.inner
 
 
 def loss_with_state(params, batch, model_state):
@@ -45,10 +26,6 @@ def loss_with_state(params, batch, model_state):
   x, _ = batch
   new = {"mean": 0.9 * model_state["mean"] + 0.1 * jnp.mean(x, axis=0)}
   return loss_fn(params, batch), new
-
-
-def _inner():
-  return nag_optax.nesterov(SCHEDULE, momentum=0.9, weight_decay=1e-3)
 
 
 @pytest.fixture(scope="module")
