@@ -22,6 +22,7 @@ import models
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import summaries
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
@@ -289,6 +290,7 @@ _RUN_ONLY_FIELDS = (
   "stop_after_steps",
   "progress_bar",
   "plot",
+  "tensorboard",
   "eval_every_epochs",
 )
 _COMPILED: dict[str, Any] = {}
@@ -364,6 +366,8 @@ def _compiled_functions(config, devices, num_train, total_steps, steps_per_epoch
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, checkpoints, evaluates; writes metrics.jsonl, results.json, curves.png.
 
+  With ``config.tensorboard`` also TensorBoard event files (``summaries.py``).
+
   Returns the results dict, plus "params" and "batch_stats" (host NumPy)
   when training ran to its end, "stopped_at_step" when it stopped early.
   """
@@ -371,6 +375,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   timer = _Timer()
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+  if config.tensorboard:
+    summaries.check_available()  # fail now, not after training
 
   # ---- Data (host), then on the devices.
   t0 = time.perf_counter()
@@ -522,6 +528,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints.wait_until_finished()
     timer.add("checkpoint", time.perf_counter() - t)
 
+  tensorboard = None
+  if config.tensorboard and is_main:
+    tensorboard = summaries.TensorBoardLog(workdir, resume_step=start_step)
   lr0, _ = per_step_hyperparameters(config)
   print_header = True
   stop_at = total_steps
@@ -606,11 +615,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_main:
       _write_jsonl(metrics_path, epoch_rows)
       _write_jsonl(steps_path, step_rows)
+      if tensorboard is not None:
+        tensorboard.write(step_rows, row)
       _print_row(row, print_header, progress)
       print_header = False
   if progress is not None:
     progress.close()
 
+  if tensorboard is not None and step < total_steps:
+    tensorboard.close()
   if step < total_steps:  # stopped early: checkpoint and leave
     save(step)
     checkpoints.close()
@@ -625,6 +638,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   if is_main:
     _write_jsonl(metrics_path, epoch_rows)
+  if tensorboard is not None:
+    tensorboard.write([], epoch_rows[-1])
+    tensorboard.close()
   save(total_steps)
   checkpoints.close()
   host_state = parallel.to_host(

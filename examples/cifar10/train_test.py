@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
 
@@ -309,8 +310,25 @@ def test_data_parallel_step_equals_one_device(cifar):
 # -------------------------------------------------------------- training
 
 
+def _tensorboard_scalars(logdir):
+  """{tag: [(step, value)]} read back from the TFRecord event files."""
+  from tensorboardX.proto import event_pb2
+
+  scalars = {}
+  for name in sorted(os.listdir(logdir)):
+    data = (logdir / name).read_bytes()
+    at = 0
+    while at < len(data):  # uint64 length, uint32 crc, record, uint32 crc
+      (length,) = struct.unpack("<Q", data[at : at + 8])
+      event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+      at += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
 def test_smoke_preset_trains_above_chance(data_dir, tmp_path):
-  config = _config(data_dir=data_dir, plot=True)
+  config = _config(data_dir=data_dir, plot=True, tensorboard=True)
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["test_accuracy_tta"] > SMOKE_MIN_ACCURACY, results
   assert results["steps"] == 48 and results["epochs"] == 1.5
@@ -322,6 +340,16 @@ def test_smoke_preset_trains_above_chance(data_dir, tmp_path):
   rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 48
   assert (tmp_path / "curves.png").stat().st_size > 10_000
+  # TensorBoard holds the same numbers as steps.jsonl and metrics.jsonl.
+  scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+  steps = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
+  for name in ("loss", "accuracy", "lr"):
+    assert scalars[f"train/{name}"] == [
+      (r["step"], pytest.approx(r[name], rel=1e-6)) for r in steps
+    ]
+  assert scalars["test/accuracy_tta"] == [
+    (48, pytest.approx(results["test_accuracy_tta"], rel=1e-6))
+  ]
 
 
 def test_resume_ends_with_the_same_parameters(data_dir, tmp_path):

@@ -106,4 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.progress_bar = True
   # Plot curves.png at the end.
   config.plot = True
+  # Also write TensorBoard event files to <workdir>/tensorboard (needs
+  # tensorboardX: pip install tensorboardX).
+  config.tensorboard = False
   return config
