@@ -161,8 +161,8 @@ def bench_cycles(quick):
       big = model != "0.40M"
       times = _common.interleaved(
         cands,
-        warmup=2,
-        rounds=3 if quick else (5 if big else 8),
+        warmup=3,
+        rounds=3 if quick else (8 if big else 25),
         per_round=1 if big or quick else 2,
       )
       for c in cands:
