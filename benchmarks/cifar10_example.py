@@ -68,6 +68,9 @@ def main(argv=None):
   parser.add_argument("--first-seed", type=int, default=0)
   parser.add_argument("--data-dir", default=str(_common.REPO_ROOT / "data"))
   parser.add_argument(
+    "--output", default=None, help="results/<output>.json (default cifar10_<preset>)"
+  )
+  parser.add_argument(
     "--override",
     action="append",
     default=[],
@@ -108,7 +111,7 @@ def main(argv=None):
   tta = summary["test_accuracy_tta"]
   print(f"TTA accuracy {tta['mean']:.4f} +- {tta['std']:.4f} over {len(runs)} seed(s)")
   path = _common.write_json(
-    f"cifar10_{args.preset}",
+    args.output or f"cifar10_{args.preset}",
     {
       "preset": args.preset,
       "dataset": "CIFAR-10 (JPEG copy)",
