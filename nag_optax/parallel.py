@@ -253,8 +253,9 @@ def _apply_updates(params, updates, opt_state):
 
 
 def _step_per_state_structure(compile_for):
-  """``step(state, batch)`` running ``compile_for(state)``, built once per
-  state structure (the shardings depend on it); ``step.lower`` lowers it."""
+  """A ``step(state, batch)`` that compiles ``compile_for(state)`` once per
+  state structure (the shardings depend on it); ``step.lower`` lowers it.
+  """
   compiled = {}
 
   def jitted(state):

@@ -24,7 +24,8 @@ data, init_params, loss_fn, inner = toy.data, toy.init_params, toy.loss_fn, toy.
 def main(out_prefix):
   n_proc, me = jax.process_count(), jax.process_index()
   x, y = data()
-  rows = slice(me * 32 // n_proc, (me + 1) * 32 // n_proc)  # this host's share
+  share = toy.ROWS // n_proc  # this host's rows of every global batch
+  rows = slice(me * share, (me + 1) * share)
   results = {"process_count": n_proc, "device_count": jax.device_count()}
 
   tx = nag_optax.accumulate_gradients(inner(), K, axis_name="batch")
