@@ -150,7 +150,12 @@ class DataParallel(NamedTuple):
     shard_batch: this process's batch (leading axis the per-process batch
       size) -> the batch ``step`` takes.
     to_host: device tree -> one NumPy copy (first replica under pmap;
-      gathers sharded arrays under jit, across processes too).
+      gathers sharded arrays under jit, across processes too). Under pmap
+      the accumulator of ``accumulate_gradients(..., axis_name=...)`` is
+      device-local, so the first replica of a state taken mid-cycle holds
+      one device's partial sum only: checkpoint right after an emitted step
+      (:func:`nag_optax.accumulation_emitted`), where the next call replaces
+      the accumulator anyway.
   """
 
   init: Callable[..., TrainState]
