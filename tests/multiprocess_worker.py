@@ -17,41 +17,41 @@ import nag_optax
 from nag_optax import parallel
 from tests import toy_regression as toy
 
-K, STEPS = toy.K, toy.STEPS
-data, init_params, loss_fn, inner = toy.data, toy.init_params, toy.loss_fn, toy.inner
-
 
 def main(out_prefix):
   n_proc, me = jax.process_count(), jax.process_index()
-  x, y = data()
+  x, y = toy.data()
   share = toy.ROWS // n_proc  # this host's rows of every global batch
   rows = slice(me * share, (me + 1) * share)
   results = {"process_count": n_proc, "device_count": jax.device_count()}
 
-  tx = nag_optax.accumulate_gradients(inner(), K, axis_name="batch")
-  dp = parallel.pmap_data_parallel(loss_fn, tx, reduce_gradients=False)
-  state = dp.init(init_params())
-  for t in range(STEPS):
-    state, _ = dp.step(state, dp.shard_batch((x[t, rows], y[t, rows])))
-  results["pmap"] = jax.tree.map(lambda a: a.tolist(), dp.to_host(state.params))
+  def train(dp):
+    """All steps, this process feeding its rows; the state and host params."""
+    state = dp.init(toy.init_params())
+    for t in range(toy.STEPS):
+      state, _ = dp.step(state, dp.shard_batch((x[t, rows], y[t, rows])))
+    return state, jax.tree.map(lambda a: a.tolist(), dp.to_host(state.params))
 
-  tx = nag_optax.accumulate_gradients(inner(), K, axis_name="data")
-  dp = parallel.shard_map_data_parallel(loss_fn, tx, reduce_gradients=False)
-  state = dp.init(init_params())
-  for t in range(STEPS):
-    state, _ = dp.step(state, dp.shard_batch((x[t, rows], y[t, rows])))
-  results["shard_map"] = jax.tree.map(lambda a: a.tolist(), dp.to_host(state.params))
+  def accumulate(axis_name=None):
+    return nag_optax.accumulate_gradients(toy.inner(), toy.K, axis_name=axis_name)
 
-  tx = nag_optax.accumulate_gradients(inner(), K)
-  dp = parallel.jit_data_parallel(loss_fn, tx, zero1=True)
-  state = dp.init(init_params())
-  for t in range(STEPS):
-    state, _ = dp.step(state, dp.shard_batch((x[t, rows], y[t, rows])))
+  _, results["pmap"] = train(
+    parallel.pmap_data_parallel(
+      toy.loss_fn, accumulate("batch"), reduce_gradients=False
+    )
+  )
+  _, results["shard_map"] = train(
+    parallel.shard_map_data_parallel(
+      toy.loss_fn, accumulate("data"), reduce_gradients=False
+    )
+  )
+  state, results["jit_zero1"] = train(
+    parallel.jit_data_parallel(toy.loss_fn, accumulate(), zero1=True)
+  )
   trace = state.opt_state.inner_opt_state.trace["w1"]
   results["zero1_local_trace_elements"] = sum(
     s.data.size for s in trace.addressable_shards
   )
-  results["jit_zero1"] = jax.tree.map(lambda a: a.tolist(), dp.to_host(state.params))
 
   with open(f"{out_prefix}.{me}.json", "w", encoding="utf-8") as f:
     json.dump(results, f)

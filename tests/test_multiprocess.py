@@ -9,26 +9,13 @@ import subprocess
 import sys
 
 import chex
-import jax
 import numpy as np
-import optax
 import pytest
 
 from nag_optax import parallel
-from tests import multiprocess_worker as worker
+from tests import toy_regression as toy
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _reference():
-  tx = optax.MultiSteps(worker.inner(), worker.K)
-  params, state = worker.init_params(), tx.init(worker.init_params())
-  x, y = worker.data()
-  for t in range(worker.STEPS):
-    grads = jax.grad(worker.loss_fn)(params, (x[t], y[t]))
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-  return params
 
 
 def test_two_processes_two_devices_each_equal_one_device(tmp_path):
@@ -45,7 +32,7 @@ def test_two_processes_two_devices_each_equal_one_device(tmp_path):
     if "Address already in use" in str(error):  # the free port was taken
       pytest.skip(f"port race: {error}")
     raise
-  reference = _reference()
+  reference = toy.reference_params()
   for i in range(2):
     result = json.loads((tmp_path / f"out.{i}.json").read_text())
     assert result["process_count"] == 2 and result["device_count"] == 4

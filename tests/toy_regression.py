@@ -5,6 +5,7 @@ Shared by tests/test_parallel.py (in process) and tests/multiprocess_worker.py
 compared with the same one-device reference.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -44,3 +45,15 @@ def inner():
   """The inner optimizer: a schedule and weight decay, so counts matter."""
   schedule = optax.linear_schedule(0.1, 0.02, transition_steps=4)
   return nag_optax.nesterov(schedule, momentum=0.9, weight_decay=1e-3)
+
+
+def reference_params():
+  """One device, the full batch, optax.MultiSteps: what every path must give."""
+  tx = optax.MultiSteps(inner(), K)
+  params = init_params()
+  state = tx.init(params)
+  for x, y in zip(*data(), strict=True):
+    grads = jax.grad(loss_fn)(params, (x, y))
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
