@@ -622,9 +622,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if progress is not None:
     progress.close()
 
-  if tensorboard is not None and step < total_steps:
-    tensorboard.close()
   if step < total_steps:  # stopped early: checkpoint and leave
+    if tensorboard is not None:
+      tensorboard.close()
     save(step)
     checkpoints.close()
     return {"stopped_at_step": step}
