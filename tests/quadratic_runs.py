@@ -2,7 +2,8 @@
 
 f(x) = 1/2 sum lambda_i x_i^2 (numpy_reference.quadratic), x_0 = 1, float64,
 one jitted scan per optimizer; iterations are counted on the non-extrapolated
-iterate theta (nag_optax.nesterov_eval_params), as the reference table is.
+iterate theta (nag_optax.nesterov_eval_params), as the reference table is, or
+on another point of the caller's choosing (``point``).
 """
 
 import jax
@@ -14,8 +15,12 @@ import nag_optax
 from tests import numpy_reference as ref
 
 
-def run(tx, kappa, steps):
-  """Returns (f(theta_k) for k = 1..steps, f(x_0), final state)."""
+def run(tx, kappa, steps, *, point=nag_optax.nesterov_eval_params):
+  """Returns (f(point(state_k, x_k)) for k = 1..steps, f(x_0), final state).
+
+  ``point`` defaults to the NAG iterate theta; pass ``lambda state, x: x`` for
+  an optimizer without a look-ahead (e.g. Adan).
+  """
   lam_np, f_np, _ = ref.quadratic(kappa)
   with jax.enable_x64(True):
     lam = jnp.asarray(lam_np)
@@ -27,7 +32,7 @@ def run(tx, kappa, steps):
         x, state = carry
         updates, state = tx.update(lam * x, state, x, value=f(x))
         x = optax.apply_updates(x, updates)
-        return (x, state), f(nag_optax.nesterov_eval_params(state, x))
+        return (x, state), f(point(state, x))
 
       (_, state), values = jax.lax.scan(step, (x0, tx.init(x0)), length=steps)
       return values, state

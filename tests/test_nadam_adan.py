@@ -12,6 +12,7 @@ import nag_optax
 from nag_optax import _adan
 from nag_optax import _nadam
 from tests import numpy_reference as ref
+from tests import quadratic_runs
 from tests.test_nesterov_parity import _P0
 from tests.test_nesterov_parity import STEPS
 from tests.test_nesterov_parity import TIGHT
@@ -137,11 +138,12 @@ def test_adan_state_is_no_larger_than_the_references_four_buffers():
 
 @pytest.mark.parametrize("scheme", ["gradient", "function"])
 def test_adan_restart_fires_and_keeps_converging(scheme):
-  from tests import quadratic_runs
+  def run(restart):  # f(x) per step: Adan has no look-ahead point
+    tx = nag_optax.adan(0.05, restart=restart)
+    return quadratic_runs.run(tx, 100, 600, point=lambda state, x: x)
 
-  kappa = 100
-  plain, _, _ = quadratic_runs_run_adan(quadratic_runs, kappa, None)
-  restarted, f0, state = quadratic_runs_run_adan(quadratic_runs, kappa, scheme)
+  plain, _, _ = run(None)
+  restarted, f0, state = run(scheme)
   (inner,) = [s for s in state if isinstance(s, nag_optax.ScaleByAdanState)]
   assert int(inner.restarts) >= 1
   assert restarted[-1] < 1e-3 * f0 and plain[-1] < 1e-3 * f0
@@ -211,28 +213,6 @@ def test_nadam_keeps_the_running_product_in_float32_for_bf16_params():
   t = np.arange(1, 6)
   expected = np.prod(0.9 * (1 - 0.5 * 0.96 ** (t * 0.5)))
   np.testing.assert_allclose(float(inner.mu_product), expected, rtol=1e-6)
-
-
-def quadratic_runs_run_adan(quadratic_runs, kappa, scheme):
-  """f(theta) per step of Adan on the notes' quadratic; Adan has no look-ahead."""
-  lam_np, f_np, _ = ref.quadratic(kappa)
-  lam = jnp.asarray(lam_np)
-  f = lambda x: 0.5 * jnp.sum(lam * x * x)
-  tx = nag_optax.adan(0.05, restart=scheme)
-
-  @jax.jit
-  def run(x):
-    def step(carry, _):
-      x, state = carry
-      updates, state = tx.update(lam * x, state, x, value=f(x))
-      x = optax.apply_updates(x, updates)
-      return (x, state), f(x)
-
-    (_, state), values = jax.lax.scan(step, (x, tx.init(x)), length=600)
-    return values, state
-
-  values, state = run(jnp.ones_like(lam))
-  return np.asarray(values), f_np(np.ones_like(lam_np)), state
 
 
 @pytest.mark.parametrize(
