@@ -11,8 +11,11 @@ JAX is imported):
    update and the cross-device mean only on the emitted step. Both through
    ``nag_optax.parallel.pmap_data_parallel`` with the same inner optimizer
    (``nag_optax.nesterov``), donation on; with ``accumulate_gradients`` that
-   step also skips ``apply_updates`` on micro-steps. The same with
-   ``shard_map_data_parallel`` (jit(shard_map), no pmap). At k = 4 the
+   step applies the update inside the emitting branch (micro-steps leave the
+   parameters alone). The same with ``shard_map_data_parallel``
+   (jit(shard_map), no pmap). At k = 4 also: the pmap step with the optimizer
+   inside ``optax.chain``, which the step can only update and then apply
+   (under a conditional), to show what the fused application saves; and the
    jit + NamedSharding path (compiler all-reduce every micro-step),
    replicated and ZeRO-1, is timed too, for reference.
 2. Single-device cost of one micro-step (jitted ``update`` +
@@ -146,6 +149,21 @@ def bench_cycles(quick):
         ),
       ]
       if k == 4:
+        cands.insert(
+          2,
+          cycle_candidate(
+            "same, inside optax.chain (update, then apply)",
+            parallel.pmap_data_parallel(
+              loss_fn,
+              optax.chain(
+                nag_optax.accumulate_gradients(inner(), k, axis_name="batch")
+              ),
+              reduce_gradients=False,
+            ),
+            params,
+            k,
+          ),
+        )
         mesh = parallel.data_mesh()
         for zero1 in (False, True):
           cands.append(

@@ -7,6 +7,7 @@ steps, and with ``axis_name`` the accumulated gradient is averaged across
 devices once per emitted step instead of once per micro-batch.
 """
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -299,7 +300,14 @@ def accumulate_gradients(
       skip_state=skip_state,
     )
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def accumulate_then(updates, state, params, on_emit, on_micro):
+    """The shared body: accumulate, then ``lax.cond(emit, on_emit, on_micro)``.
+
+    ``on_emit(mean, inner_state, params)`` gets the mean averaged across
+    ``axis_name`` and cast to the gradient's dtype; ``on_micro(output_shapes,
+    acc, inner_state, params)`` gets the shapes of ``on_emit``'s output. Both
+    return ``(output, inner_state)``.
+    """
     if axis_name is not None:
       _check_axis_bound(axis_name)
     _validation.check_trees_match("gradient", updates, "accumulator", state.acc_grads)
@@ -345,15 +353,7 @@ def accumulate_gradients(
       if axis_name is not None:
         mean = jax.lax.pmean(mean, axis_name)
       mean = jax.tree.map(lambda m, g: m.astype(g.dtype), mean, updates)
-      return inner.update(mean, inner_state, params, **extra_args)
-
-    operands = (acc, state.inner_opt_state, params)
-    emitted_shapes = jax.eval_shape(emit_branch, *operands)[0]
-
-    def micro_branch(mean, inner_state, params):
-      del mean, params
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), emitted_shapes)
-      return zeros, inner_state
+      return on_emit(mean, inner_state, params)
 
     emit = mini_step == k - 1
     next_mini_step = optax.safe_increment(mini_step) % k
@@ -361,8 +361,10 @@ def accumulate_gradients(
       emit = jnp.logical_and(emit, jnp.logical_not(skip))
       next_mini_step = jnp.where(skip, mini_step, next_mini_step)
 
-    new_updates, inner_state = _cond_with_matching_varying_axes(
-      emit, micro_branch, emit_branch, operands
+    operands = (acc, state.inner_opt_state, params)
+    output_shapes = jax.eval_shape(emit_branch, *operands)[0]
+    output, inner_state = _cond_with_matching_varying_axes(
+      emit, lambda *ops: on_micro(output_shapes, *ops), emit_branch, operands
     )
     new_state = AccumulateGradientsState(
       mini_step=jnp.asarray(next_mini_step, jnp.int32),
@@ -374,9 +376,61 @@ def accumulate_gradients(
       acc_grads=acc,
       skip_state=skip_state,
     )
-    return new_updates, new_state
+    return output, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  def update_fn(updates, state, params=None, **extra_args):
+    def on_emit(mean, inner_state, params):
+      return inner.update(mean, inner_state, params, **extra_args)
+
+    def on_micro(output_shapes, acc, inner_state, params):
+      del acc, params
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), output_shapes)
+      return zeros, inner_state
+
+    return accumulate_then(updates, state, params, on_emit, on_micro)
+
+  def update_and_apply_fn(grads, state, params, **extra_args):
+    # update_fn followed by optax.apply_updates, with the application inside
+    # the emitting branch: micro-steps neither write zero updates nor touch
+    # the parameters, and the emitted step fuses update and application.
+    def on_emit(mean, inner_state, params):
+      inner_updates, inner_state = inner.update(mean, inner_state, params, **extra_args)
+      return optax.apply_updates(params, inner_updates), inner_state
+
+    def on_micro(output_shapes, acc, inner_state, params):
+      del output_shapes, acc
+      return params, inner_state
+
+    return accumulate_then(grads, state, params, on_emit, on_micro)
+
+  tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  _UPDATE_AND_APPLY[update_fn] = update_and_apply_fn
+  return tx
+
+
+# accumulate_gradients' update function -> its update-and-apply twin, for
+# nag_optax.parallel (see update_and_apply_fn). Weak keys: an entry lives as
+# long as the transformation holding the update function.
+_UPDATE_AND_APPLY: "weakref.WeakKeyDictionary[Callable, Callable]" = (
+  weakref.WeakKeyDictionary()
+)
+
+
+def update_and_apply_for(
+  optimizer: optax.GradientTransformation,
+) -> Callable[..., tuple[Any, Any]] | None:
+  """``fn(grads, state, params, **extra) -> (new_params, new_state)`` or None.
+
+  For an optimizer returned by :func:`accumulate_gradients` itself (not
+  wrapped, e.g. in ``optax.chain``), a function equal to its ``update``
+  followed by ``optax.apply_updates`` that applies the update inside the
+  emitting branch: on micro-steps it writes no zero updates and passes the
+  parameters through untouched. None for any other optimizer.
+  """
+  try:
+    return _UPDATE_AND_APPLY.get(optimizer.update)
+  except TypeError:  # not weak-referenceable: not ours
+    return None
 
 
 def _find_state(opt_state: Any, caller: str) -> AccumulateGradientsState:

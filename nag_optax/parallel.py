@@ -239,22 +239,31 @@ def _find_accumulation(opt_state):
   return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
 
 
-def _apply_updates(params, updates, opt_state):
-  """``optax.apply_updates``, skipped on accumulation micro-steps.
+def _update_and_apply(optimizer, grads, opt_state, params):
+  """``optimizer.update`` then ``optax.apply_updates``: (params, opt_state).
 
-  There the updates are zeros: passing the (donated) parameters through a
-  conditional costs nothing, while adding zeros reads and writes them all.
+  On ``accumulate_gradients`` micro-steps the updates are zeros, so the
+  parameters are passed through untouched instead of adding zeros (which
+  reads and writes them all). An ``accumulate_gradients`` optimizer used
+  as is applies its update inside its emitting branch (no zero updates
+  written on micro-steps); one wrapped in other transformations is applied
+  under a conditional on :func:`nag_optax.accumulation_emitted`.
   """
+  fused = _accumulation.update_and_apply_for(optimizer)
+  if fused is not None:
+    return fused(grads, opt_state, params)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
   accumulations = _find_accumulation(opt_state)
   if not accumulations:
-    return optax.apply_updates(params, updates)
-  return jax.lax.cond(
+    return optax.apply_updates(params, updates), opt_state
+  params = jax.lax.cond(
     accumulations[0].emitted,
     optax.apply_updates,
     lambda params, updates: params,
     params,
     updates,
   )
+  return params, opt_state
 
 
 def _step_per_state_structure(compile_for):
@@ -421,8 +430,9 @@ def pmap_data_parallel(
     )
     if reduce_gradients:
       grads = jax.lax.pmean(grads, axis_name)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = _apply_updates(state.params, updates, opt_state)
+    params, opt_state = _update_and_apply(
+      optimizer, grads, state.opt_state, state.params
+    )
     if model_state is not None:
       model_state = _sync_on_emitted_steps(model_state, opt_state, axis_name)
     return TrainState(params, opt_state, model_state), _metrics(loss, aux)
@@ -640,8 +650,9 @@ def jit_data_parallel(
     loss, model_state, aux, grads = _loss_and_grads(
       loss_fn, has_aux, state.params, batch, state.model_state
     )
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = _apply_updates(state.params, updates, opt_state)
+    params, opt_state = _update_and_apply(
+      optimizer, grads, state.opt_state, state.params
+    )
     return TrainState(params, opt_state, model_state), _metrics(loss, aux)
 
   def compile_for(state):
@@ -776,8 +787,7 @@ def shard_map_data_parallel(
     )
     if reduce_gradients:
       grads = jax.lax.pmean(grads, axis)
-    updates, opt_state = optimizer.update(grads, opt_state, state.params)
-    params = _apply_updates(state.params, updates, opt_state)
+    params, opt_state = _update_and_apply(optimizer, grads, opt_state, state.params)
     if model_state is not None:
       model_state = _sync_every_step(model_state, axis)
     opt_state = _map_device_local(opt_state, lambda a: a[None])

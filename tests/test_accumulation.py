@@ -135,6 +135,52 @@ def test_skip_not_finite_matches_multisteps():
   assert np.all(np.isfinite(jax.tree.leaves(params)[0]))
 
 
+@pytest.mark.parametrize(
+  "kwargs",
+  [{}, {"use_grad_mean": False}, {"should_skip_update_fn": optax.skip_not_finite}],
+  ids=["mean", "sum", "skip_not_finite"],
+)
+def test_update_and_apply_equals_update_then_apply_updates(kwargs):
+  tx = nag_optax.accumulate_gradients(
+    nag_optax.nesterov(SCHEDULE, momentum=0.9), 3, **kwargs
+  )
+  fused = _accumulation.update_and_apply_for(tx)
+  assert fused is not None
+  grads = _grads(9, 9)
+  grads[4] = jax.tree.map(lambda g: g.at[0].set(jnp.nan), grads[4])
+
+  @jax.jit
+  def update_then_apply(grads, state, params):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params, ref_params = _params(), _params()
+  state, ref_state = tx.init(params), tx.init(params)
+  fused = jax.jit(fused)
+  for g in grads:
+    new_params, state = fused(g, state, params)
+    ref_params, ref_state = update_then_apply(g, ref_state, ref_params)
+    # XLA:CPU contracts p + lr * x into one fused multiply-add when update
+    # and application share a fusion: last-bit differences, not more.
+    chex.assert_trees_all_close(new_params, ref_params, rtol=4e-7, atol=1e-7)
+    chex.assert_trees_all_equal(state, ref_state)
+    if not nag_optax.accumulation_emitted(state):  # untouched on micro-steps
+      chex.assert_trees_all_equal(new_params, params)
+    params = new_params
+  assert int(state.gradient_step) == (2 if "should_skip_update_fn" in kwargs else 3)
+
+
+def test_update_and_apply_only_for_accumulate_gradients_itself():
+  tx = nag_optax.accumulate_gradients(nag_optax.nesterov(0.1), 2)
+  assert callable(_accumulation.update_and_apply_for(tx))
+  for other in (
+    optax.chain(tx),  # wrapped: parallel falls back to update + apply
+    optax.MultiSteps(nag_optax.nesterov(0.1), 2),
+    nag_optax.nesterov(0.1),
+  ):
+    assert _accumulation.update_and_apply_for(other) is None
+
+
 def test_a_non_finite_cycle_does_not_spoil_the_next_one():
   inner = optax.sgd(0.1)  # stateless: only the accumulator can carry the inf
   grads = _grads(8, 4)

@@ -47,9 +47,14 @@ def _close(a, b):
   chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_pmap_accumulating_once_per_emitted_step_equals_one_device(reference):
+@pytest.mark.parametrize(
+  "wrap",
+  [lambda tx: tx, optax.chain],
+  ids=["applied in the emitting branch", "in optax.chain: update then apply"],
+)
+def test_pmap_accumulating_once_per_emitted_step_equals_one_device(reference, wrap):
   assert jax.local_device_count() == N_DEVICES, "conftest forces 8 CPU devices"
-  tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="batch")
+  tx = wrap(nag_optax.accumulate_gradients(_inner(), K, axis_name="batch"))
   chex.clear_trace_counter()
   dp = parallel.pmap_data_parallel(
     chex.assert_max_traces(loss_with_state, n=1), tx, reduce_gradients=False
@@ -62,7 +67,11 @@ def test_pmap_accumulating_once_per_emitted_step_equals_one_device(reference):
       assert not np.allclose(*np.asarray(state.model_state["mean"])[:2])
   _assert_replicas_identical(state.params)
   # All of the optimizer state but the device-local accumulator.
-  _assert_replicas_identical(state.opt_state._replace(acc_grads=()))
+  is_acc = lambda x: isinstance(x, nag_optax.AccumulateGradientsState)
+  (acc_state,) = [
+    x for x in jax.tree.leaves(state.opt_state, is_leaf=is_acc) if is_acc(x)
+  ]
+  _assert_replicas_identical(acc_state._replace(acc_grads=()))
   _assert_replicas_identical(state.model_state)
   ref_params, ref_model_state = reference
   _close(dp.to_host(state.params), ref_params)
