@@ -13,7 +13,10 @@ and all run unchanged in several processes started with
   and ``reduce_gradients=False`` the gradients are averaged across devices
   once per emitted step, and micro-steps neither communicate nor touch the
   parameters: the fastest path when memory allows a full accumulator per
-  device (measured on 8 CPU devices: benchmarks/accumulation.py).
+  device (measured on 8 CPU devices: benchmarks/accumulation.py). Pass
+  ``accumulate_gradients`` itself, with other transformations inside it:
+  the step then applies the update inside its emitting branch (wrapped,
+  e.g. in ``optax.chain``, it must take the zero updates of micro-steps).
 
 ``shard_map_data_parallel``
   The same communication pattern without ``pmap`` (JAX's maintenance-mode
