@@ -3,7 +3,8 @@
 All of nag_optax's ``pmap``-specific code lives in this module. Three paths
 turn a loss function and an optimizer into a data-parallel training step; all
 return a :class:`DataParallel` (``init``, ``step``, ``shard_batch``,
-``to_host``) around a :class:`TrainState` (params, opt_state, model_state),
+``to_host``, ``from_host``) around a :class:`TrainState` (params,
+opt_state, model_state),
 and all run unchanged in several processes started with
 ``jax.distributed.initialize``: every process feeds its host-local batch.
 
@@ -77,7 +78,11 @@ On several hosts, start one process per host (or per GPU) and call
   The global batch is the per-process batch times ``jax.process_count()``.
 * Every process runs the same steps in the same order; checkpoint or log
   from ``jax.process_index() == 0`` after ``dp.to_host`` (which gathers
-  ZeRO-sharded state across processes: call it on every process).
+  ZeRO-sharded state across processes: call it on every process), and
+  resume on every process with ``dp.from_host(host_state)``, which places
+  the state as ``dp.init`` does, mid-cycle too. (Under pmap the
+  device-local accumulator covers each process's own devices: there, save
+  on every process or checkpoint right after an emitted step.)
 * Try the multi-host code on one machine first:
   ``python -m nag_optax launch -n 2 -d 4 python train.py`` starts 2
   processes with 4 CPU devices each on 127.0.0.1; the script calls
@@ -153,18 +158,28 @@ class DataParallel(NamedTuple):
     shard_batch: this process's batch (leading axis the per-process batch
       size) -> the batch ``step`` takes.
     to_host: device tree -> one NumPy copy (first replica under pmap;
-      gathers sharded arrays under jit, across processes too). Under pmap
-      the accumulator of ``accumulate_gradients(..., axis_name=...)`` is
-      device-local, so the first replica of a state taken mid-cycle holds
-      one device's partial sum only: checkpoint right after an emitted step
-      (:func:`nag_optax.accumulation_emitted`), where the next call replaces
-      the accumulator anyway.
+      gathers sharded arrays under jit, across processes too). Leaves that
+      differ between devices keep a leading device axis, so a state taken
+      mid-cycle holds every device's part: the accumulator of
+      ``accumulate_gradients`` (``acc_grads``, ``skip_state``) under pmap
+      and shard_map, and under pmap, in a whole :class:`TrainState` whose
+      optimizer accumulates, the model state (averaged across devices only
+      on emitted steps; pass ``state.model_state`` alone for its first
+      replica).
+    from_host: ``from_host(host_state) -> TrainState`` placed as ``init``
+      places it, from ``to_host(state)`` (e.g. a restored checkpoint): the
+      step continues exactly where that state left off, mid-cycle too,
+      without tracing again. Under pmap with several processes the
+      accumulator covers this process's devices only: save and restore it
+      on every process, or checkpoint right after an emitted step
+      (:func:`nag_optax.accumulation_emitted`).
   """
 
   init: Callable[..., TrainState]
   step: Callable[[TrainState, Any], tuple[TrainState, Any]]
   shard_batch: Callable[[Any], Any]
   to_host: Callable[[Any], Any]
+  from_host: Callable[[TrainState], TrainState]
 
 
 # --------------------------------------------------------------------------
@@ -237,6 +252,30 @@ def _metrics(loss, aux):
   return {"loss": loss} if aux is None else {"loss": loss, "aux": aux}
 
 
+_LOCAL = object()  # marks device-local state leaves while building specs
+
+
+def _map_device_local(opt_state, fn):
+  """Applies ``fn`` to the device-local leaves of every accumulation state.
+
+  ``acc_grads`` (and ``skip_state``) of ``accumulate_gradients`` differ
+  between devices until an emitted step averages them: under ``shard_map``
+  they are stored with a leading device axis, sharded over the data axis,
+  and host copies (``DataParallel.to_host``) keep that axis on every path.
+  """
+  is_acc = lambda x: isinstance(x, _accumulation.AccumulateGradientsState)
+
+  def local(x):
+    if not is_acc(x):
+      return x
+    return x._replace(
+      acc_grads=jax.tree.map(fn, x.acc_grads),
+      skip_state=jax.tree.map(fn, x.skip_state),
+    )
+
+  return jax.tree.map(local, opt_state, is_leaf=is_acc)
+
+
 def _find_accumulation(opt_state):
   is_state = lambda x: isinstance(x, _accumulation.AccumulateGradientsState)
   return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
@@ -267,6 +306,47 @@ def _update_and_apply(optimizer, grads, opt_state, params):
     updates,
   )
   return params, opt_state
+
+
+def _local_leaves(state):
+  """``state`` with every device-local leaf replaced by ``_LOCAL``."""
+  return _map_device_local(state, lambda _: _LOCAL)
+
+
+def _check_host_state(host_state, num_devices, markers=None):
+  """A TrainState whose device-local leaves (``_LOCAL`` in ``markers``,
+  default :func:`_local_leaves`) have ``num_devices`` rows; the jit path
+  (``num_devices=None``) keeps no device-local leaves."""
+  if not isinstance(host_state, TrainState):
+    raise TypeError(
+      "from_host takes a TrainState (what to_host(state) returns, e.g. "
+      f"parallel.TrainState(*restored)), got {type(host_state).__name__}."
+    )
+
+  def check(path, x, marker):
+    if num_devices is None or marker is not _LOCAL:
+      return
+    if np.ndim(x) == 0 or np.shape(x)[0] != num_devices:
+      raise ValueError(
+        f"The device-local state leaf at {jax.tree_util.keystr(path)} "
+        f"has shape {np.shape(x)}: its leading axis must hold one row per "
+        f"device ({num_devices}), as to_host returns it. Was the state saved "
+        "on a different number of devices?"
+      )
+
+  if markers is None:
+    markers = _local_leaves(host_state)
+  jax.tree_util.tree_map_with_path(check, host_state, markers)
+
+
+def _place(tree, shardings):
+  """Host arrays (identical on every process) -> global arrays."""
+
+  def place(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place, tree, shardings)
 
 
 def _step_per_state_structure(compile_for):
@@ -442,12 +522,54 @@ def pmap_data_parallel(
 
   step = jax.pmap(step_fn, axis_name=axis_name, donate_argnums=(0,) if donate else ())
   return DataParallel(
-    init=init_fn, step=step, shard_batch=split_batch, to_host=_unreplicate_to_numpy
+    init=init_fn,
+    step=step,
+    shard_batch=split_batch,
+    to_host=_pmap_to_host,
+    from_host=lambda host_state: _pmap_from_host(host_state, axis_name),
   )
 
 
-def _unreplicate_to_numpy(tree):
-  return jax.tree.map(np.asarray, unreplicate(tree))
+def _pmap_local_leaves(tree):
+  """Device-local leaves under pmap: the accumulator and, in a whole
+  TrainState whose optimizer accumulates, the model state (averaged across
+  devices only on emitted steps)."""
+  markers = _local_leaves(tree)
+  if isinstance(tree, TrainState) and _find_accumulation(tree.opt_state):
+    local = jax.tree.map(lambda _: _LOCAL, tree.model_state)
+    markers = markers._replace(model_state=local)
+  return markers
+
+
+def _pmap_to_host(tree):
+  """First replicas, but every local device's row of device-local leaves."""
+  devices = jax.local_devices()
+
+  def get(x, marker):
+    if marker is not _LOCAL:
+      return np.asarray(unreplicate(x))
+    if not isinstance(x, jax.Array):
+      return np.asarray(x)
+    shards = sorted(x.addressable_shards, key=lambda s: devices.index(s.device))
+    return np.concatenate([np.asarray(s.data) for s in shards])
+
+  return jax.tree.map(get, tree, _pmap_local_leaves(tree))
+
+
+def _pmap_from_host(host_state, axis_name):
+  n = jax.local_device_count()
+  markers = _pmap_local_leaves(host_state)
+  _check_host_state(host_state, n, markers)
+  stacked = jax.tree.map(
+    lambda x, marker: (
+      np.asarray(x)
+      if marker is _LOCAL
+      else np.broadcast_to(np.asarray(x), (n, *np.shape(x)))
+    ),
+    host_state,
+    markers,
+  )
+  return _identity_pmap(axis_name)(stacked)
 
 
 def _sync_on_emitted_steps(model_state, opt_state, axis_name):
@@ -580,13 +702,8 @@ def to_host(tree: Any) -> Any:
 
 def _place_replicated(tree, mesh):
   """Host values (identical on every process) -> replicated global arrays."""
-  sharding = NamedSharding(mesh, PartitionSpec())
-
-  def place(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-  return jax.tree.map(place, tree)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return _place(tree, jax.tree.map(lambda _: replicated, tree))
 
 
 def jit_data_parallel(
@@ -665,38 +782,27 @@ def jit_data_parallel(
       donate_argnums=(0,) if donate else (),
     )
 
+  def from_host(host_state):
+    _check_host_state(host_state, None)
+    return _place(host_state, shardings_of(_shapes(host_state)))
+
   return DataParallel(
     init=init_fn,
     step=_step_per_state_structure(compile_for),
     shard_batch=lambda batch: global_batch(batch, mesh),
     to_host=to_host,
+    from_host=from_host,
+  )
+
+
+def _shapes(tree):
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree
   )
 
 
 # --------------------------------------------------------------------------
 # The jit(shard_map) path: pmap's communication pattern without pmap.
-
-_LOCAL = object()  # marks device-local state leaves while building specs
-
-
-def _map_device_local(opt_state, fn):
-  """Applies ``fn`` to the device-local leaves of every accumulation state.
-
-  ``acc_grads`` (and ``skip_state``) of ``accumulate_gradients`` differ
-  between devices until an emitted step averages them: under ``shard_map``
-  they are stored with a leading device axis, sharded over the data axis.
-  """
-  is_acc = lambda x: isinstance(x, _accumulation.AccumulateGradientsState)
-
-  def local(x):
-    if not is_acc(x):
-      return x
-    return x._replace(
-      acc_grads=jax.tree.map(fn, x.acc_grads),
-      skip_state=jax.tree.map(fn, x.skip_state),
-    )
-
-  return jax.tree.map(local, opt_state, is_leaf=is_acc)
 
 
 def _sync_every_step(model_state, axis_name):
@@ -766,15 +872,23 @@ def shard_map_data_parallel(
     )
     return TrainState(params, opt_state, model_state)
 
+  def shardings_of(state):
+    return jax.tree.map(
+      lambda s: NamedSharding(mesh, s),
+      specs_of(state),
+      is_leaf=lambda x: isinstance(x, P),
+    )
+
   def init_fn(params, model_state=None):
     params = _place_replicated(params, mesh)
     if model_state is not None:
       model_state = _place_replicated(model_state, mesh)
-    specs = specs_of(jax.eval_shape(make_state, params, model_state))
-    shardings = jax.tree.map(
-      lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P)
-    )
+    shardings = shardings_of(jax.eval_shape(make_state, params, model_state))
     return jax.jit(make_state, out_shardings=shardings)(params, model_state)
+
+  def from_host(host_state):
+    _check_host_state(host_state, n)
+    return _place(host_state, shardings_of(host_state))
 
   def body(state, batch):
     opt_state = _map_device_local(state.opt_state, lambda a: a[0])
@@ -811,4 +925,5 @@ def shard_map_data_parallel(
     step=_step_per_state_structure(compile_for),
     shard_batch=lambda batch: global_batch(batch, mesh),
     to_host=to_host,
+    from_host=from_host,
   )

@@ -3,9 +3,9 @@
 Trains the model of tests/toy_regression.py for a few steps, each process
 feeding its own rows of every global batch, through the pmap and jit(shard_map)
 paths (gradients averaged once per emitted step) and the jit path with
-ZeRO-1 state, and
-writes the final parameters (as seen from this process) to
-``<argv[1]>.<process index>.json``.
+ZeRO-1 state, each resumed mid-cycle from a host copy of its state
+(``to_host`` then ``from_host``, as from a checkpoint), and writes the final
+parameters (as seen from this process) to ``<argv[1]>.<process index>.json``.
 """
 
 import json
@@ -29,6 +29,8 @@ def main(out_prefix):
     """All steps, this process feeding its rows; the state and host params."""
     state = dp.init(toy.init_params())
     for t in range(toy.STEPS):
+      if t == toy.K + 1:  # mid-cycle: a checkpoint's round trip
+        state = dp.from_host(dp.to_host(state))
       state, _ = dp.step(state, dp.shard_batch((x[t, rows], y[t, rows])))
     return state, jax.tree.map(lambda a: a.tolist(), dp.to_host(state.params))
 

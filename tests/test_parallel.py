@@ -264,3 +264,60 @@ def test_shard_map_step_communicates_only_on_emitted_steps(shard_map_run):
   assert outside == 0  # micro-steps communicate nothing
   assert all(per_branch[0] == 0 for per_branch in branches)  # no-op branches
   assert sum(per_branch[1] for per_branch in branches) >= 1  # the emitted step
+
+
+def _data_parallel(path):
+  """Each path's accumulating step with model state, as the tests above."""
+  loss = lambda *a: loss_with_state(*a)
+  if path == "pmap":
+    tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="batch")
+    return parallel.pmap_data_parallel(loss, tx, reduce_gradients=False)
+  if path == "shard_map":
+    tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="data")
+    return parallel.shard_map_data_parallel(
+      loss, tx, parallel.data_mesh(), reduce_gradients=False
+    )
+  tx = nag_optax.accumulate_gradients(_inner(), K)
+  return parallel.jit_data_parallel(
+    loss, tx, parallel.data_mesh(), zero1=path == "jit ZeRO-1"
+  )
+
+
+@pytest.mark.parametrize("path", ["pmap", "shard_map", "jit", "jit ZeRO-1"])
+def test_resuming_mid_cycle_from_a_host_copy_continues_exactly(path):
+  dp = _data_parallel(path)
+  batches = [dp.shard_batch(batch) for batch in zip(X, Y, strict=True)]
+  state = dp.init(_params(), {"mean": jnp.zeros(4)})
+  for batch in batches[:3]:  # three calls: one emitted step, one micro-step
+    state, _ = dp.step(state, batch)
+  assert not bool(dp.to_host(nag_optax.accumulation_emitted(state.opt_state)))
+  host = dp.to_host(state)
+  assert isinstance(host, parallel.TrainState)
+  if path in ("pmap", "shard_map"):  # every device's partial sum is kept
+    acc = host.opt_state.acc_grads["w1"]
+    assert acc.shape == (N_DEVICES, 4, 16) and not np.allclose(acc[0], acc[1])
+  if path == "pmap":  # and every device's model state, averaged on emit
+    assert host.model_state["mean"].shape == (N_DEVICES, 4)
+
+  resumed = dp.from_host(jax.tree.map(np.copy, host))
+  for leaf, ref in zip(jax.tree.leaves(resumed), jax.tree.leaves(state), strict=True):
+    assert leaf.sharding.is_equivalent_to(ref.sharding, leaf.ndim)
+  chex.assert_trees_all_equal(dp.to_host(resumed), host)
+  state, _ = dp.step(state, batches[3])
+  resumed, _ = dp.step(resumed, batches[3])
+  chex.assert_trees_all_equal(dp.to_host(resumed), dp.to_host(state))
+  assert int(dp.to_host(nag_optax.accumulation_gradient_step(resumed.opt_state))) == 2
+
+
+def test_from_host_rejects_other_trees_and_device_counts():
+  dp = _data_parallel("pmap")
+  host = dp.to_host(dp.init(_params(), {"mean": jnp.zeros(4)}))
+  with pytest.raises(TypeError, match="takes a TrainState"):
+    dp.from_host(tuple(host))
+  fewer = host._replace(
+    opt_state=host.opt_state._replace(
+      acc_grads=jax.tree.map(lambda a: a[:4], host.opt_state.acc_grads)
+    )
+  )
+  with pytest.raises(ValueError, match=r"one row per device \(8\)"):
+    dp.from_host(fewer)
