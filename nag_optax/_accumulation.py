@@ -408,9 +408,9 @@ def accumulate_gradients(
   return tx
 
 
-# accumulate_gradients' update function -> its update-and-apply twin, for
-# nag_optax.parallel (see update_and_apply_fn). Weak keys: an entry lives as
-# long as the transformation holding the update function.
+# accumulate_gradients' update function -> its update-and-apply twin
+# (update_and_apply_fn there), for nag_optax.parallel. Weak keys: an entry
+# lives as long as the transformation holding the update function.
 _UPDATE_AND_APPLY: "weakref.WeakKeyDictionary[Callable, Callable]" = (
   weakref.WeakKeyDictionary()
 )

@@ -4,9 +4,9 @@ All of nag_optax's ``pmap``-specific code lives in this module. Three paths
 turn a loss function and an optimizer into a data-parallel training step; all
 return a :class:`DataParallel` (``init``, ``step``, ``shard_batch``,
 ``to_host``, ``from_host``) around a :class:`TrainState` (params,
-opt_state, model_state),
-and all run unchanged in several processes started with
-``jax.distributed.initialize``: every process feeds its host-local batch.
+opt_state, model_state), and all run unchanged in several processes started
+with ``jax.distributed.initialize``: every process feeds its host-local
+batch.
 
 ``pmap_data_parallel``
   Replicates everything on the local devices and splits each host batch
@@ -252,10 +252,10 @@ def _metrics(loss, aux):
   return {"loss": loss} if aux is None else {"loss": loss, "aux": aux}
 
 
-_LOCAL = object()  # marks device-local state leaves while building specs
+_LOCAL = object()  # marks device-local state leaves (specs, host copies)
 
 
-def _map_device_local(opt_state, fn):
+def _map_device_local(tree, fn):
   """Applies ``fn`` to the device-local leaves of every accumulation state.
 
   ``acc_grads`` (and ``skip_state``) of ``accumulate_gradients`` differ
@@ -273,7 +273,7 @@ def _map_device_local(opt_state, fn):
       skip_state=jax.tree.map(fn, x.skip_state),
     )
 
-  return jax.tree.map(local, opt_state, is_leaf=is_acc)
+  return jax.tree.map(local, tree, is_leaf=is_acc)
 
 
 def _find_accumulation(opt_state):

@@ -266,9 +266,8 @@ def test_shard_map_step_communicates_only_on_emitted_steps(shard_map_run):
   assert sum(per_branch[1] for per_branch in branches) >= 1  # the emitted step
 
 
-def _data_parallel(path):
+def _data_parallel(path, loss=loss_with_state):
   """Each path's accumulating step with model state, as the tests above."""
-  loss = lambda *a: loss_with_state(*a)
   if path == "pmap":
     tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="batch")
     return parallel.pmap_data_parallel(loss, tx, reduce_gradients=False)
@@ -285,7 +284,8 @@ def _data_parallel(path):
 
 @pytest.mark.parametrize("path", ["pmap", "shard_map", "jit", "jit ZeRO-1"])
 def test_resuming_mid_cycle_from_a_host_copy_continues_exactly(path):
-  dp = _data_parallel(path)
+  chex.clear_trace_counter()  # resumed or not, the step traces once
+  dp = _data_parallel(path, chex.assert_max_traces(lambda *a: loss_with_state(*a), n=1))
   batches = [dp.shard_batch(batch) for batch in zip(X, Y, strict=True)]
   state = dp.init(_params(), {"mean": jnp.zeros(4)})
   for batch in batches[:3]:  # three calls: one emitted step, one micro-step
