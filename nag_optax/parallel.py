@@ -784,7 +784,8 @@ def jit_data_parallel(
 
   def from_host(host_state):
     _check_host_state(host_state, None)
-    return _place(host_state, shardings_of(_shapes(host_state)))
+    host_state = jax.tree.map(np.asarray, host_state)  # shapes for ZeRO-1
+    return _place(host_state, shardings_of(host_state))
 
   return DataParallel(
     init=init_fn,
@@ -792,12 +793,6 @@ def jit_data_parallel(
     shard_batch=lambda batch: global_batch(batch, mesh),
     to_host=to_host,
     from_host=from_host,
-  )
-
-
-def _shapes(tree):
-  return jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree
   )
 
 
