@@ -1,33 +1,40 @@
 """Adan exactly as the reference implementation (sail-sg/Adan, adan.py)."""
 
-from typing import Any
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from nag_optax import _core
 from nag_optax import _precision
 from nag_optax import _restart
 from nag_optax import _validation
+from nag_optax import _weight_decay
 
 
 class ScaleByAdanState(NamedTuple):
-  """State of :func:`scale_by_adan`: the reference's four buffers and scalars.
+  """State of :func:`scale_by_adan` and :func:`adan`: the reference's four
+  buffers and the restart fields.
 
   Attributes:
-    count: steps taken (int32); drives the bias correction of ``n``.
+    count: steps taken (int32); drives the bias correction of ``n`` and the
+      learning-rate schedule.
     momentum_count: steps since the start or the last restart (int32); drives
       the bias corrections of ``m`` and ``v``.
     m: EMA of gradients.
     v: EMA of gradient differences.
-    n: EMA of squared Nesterov gradients :math:`(g + b_2 \\Delta)^2`.
+    n: EMA of squared Nesterov gradients :math:`|g + b_2 \\Delta|^2` (real
+      for complex parameters).
     prev_grad: the previous (clipped) gradient.
     restarts: adaptive restarts so far (int32).
     prev_value: the loss at the previous step, for ``restart="function"``.
   """
 
-  count: jax.Array
+  # mypy flags a field named count (it shadows tuple.count), but the name is
+  # optax's convention: optax.tree.get(state, "count") reads it.
+  count: jax.Array  # type: ignore[assignment]
   momentum_count: jax.Array
   m: optax.Updates
   v: optax.Updates
@@ -35,6 +42,143 @@ class ScaleByAdanState(NamedTuple):
   prev_grad: optax.Updates
   restarts: jax.Array
   prev_value: jax.Array
+
+
+class _Coefficients(NamedTuple):
+  """Step t's scalars of the rule, float32 or wider."""
+
+  b1: jax.Array
+  b2: jax.Array
+  b3: jax.Array
+  eps: jax.Array
+  c1: jax.Array  # 1 - b1^k, k the momentum count (restarts reset it)
+  c2: jax.Array  # 1 - b2^k
+  c3_sqrt: jax.Array  # sqrt(1 - b3^t), t the step
+
+
+def _coefficients(
+  b1: jax.typing.ArrayLike,
+  b2: jax.typing.ArrayLike,
+  b3: jax.typing.ArrayLike,
+  eps: jax.typing.ArrayLike,
+  state: ScaleByAdanState,
+) -> _Coefficients:
+  scalar = _precision.scalar_dtype()
+  b1, b2, b3, eps = (jnp.asarray(x, scalar) for x in (b1, b2, b3, eps))
+  t = jnp.asarray(optax.safe_increment(state.count), scalar)
+  k = jnp.asarray(optax.safe_increment(state.momentum_count), scalar)
+  return _Coefficients(
+    b1=b1,
+    b2=b2,
+    b3=b3,
+    eps=eps,
+    c1=1.0 - b1**k,
+    c2=1.0 - b2**k,
+    c3_sqrt=jnp.sqrt(1.0 - b3**t),
+  )
+
+
+def _clip(
+  grads: optax.Updates, max_grad_norm: jax.typing.ArrayLike, eps: jax.typing.ArrayLike
+) -> optax.Updates:
+  """The reference's global clipping, g * min(1, max / (||g|| + eps)).
+
+  A literal 0 (no clipping) leaves it out of the graph: one pass over the
+  gradient fewer.
+  """
+  if _validation.is_static_zero(max_grad_norm):
+    return grads
+  scalar = _precision.scalar_dtype()
+  max_norm = jnp.asarray(max_grad_norm, scalar)
+  norm = optax.tree.norm(grads).astype(scalar)
+  clip = jnp.where(
+    max_norm > 0,
+    jnp.minimum(1.0, max_norm / (norm + jnp.asarray(eps, scalar))),
+    1.0,
+  )
+  return jax.tree.map(lambda g: g * _precision.cast_scalar(clip, g), grads)
+
+
+def _delta(first: jax.Array, g: jax.Array, prev: jax.Array) -> jax.Array:
+  """g_t - g_{t-1}, 0 at the first step."""
+  return jnp.where(first, jnp.zeros_like(g), g - prev.astype(g.dtype))
+
+
+def _second_moment(
+  b2: jax.Array, b3: jax.Array, g: jax.Array, delta: jax.Array, n: jax.Array
+) -> jax.Array:
+  """n <- b3 n + (1 - b3) |g + b2 delta|^2."""
+  nesterov_grad = g + _precision.cast_scalar(b2, g) * delta
+  return _core.ema(b3, _precision.abs_sq(nesterov_grad), n)
+
+
+def _direction(k: _Coefficients, m: jax.Array, v: jax.Array, n: jax.Array) -> jax.Array:
+  c = lambda x: _precision.cast_scalar(x, m)
+  denom = jnp.sqrt(n) / c(k.c3_sqrt) + c(k.eps)
+  return (m / c(k.c1) + c(k.b2) * v / c(k.c2)) / denom
+
+
+def _algorithm(
+  name: str,
+  b1: jax.typing.ArrayLike,
+  b2: jax.typing.ArrayLike,
+  b3: jax.typing.ArrayLike,
+  eps: jax.typing.ArrayLike,
+  max_grad_norm: jax.typing.ArrayLike,
+  restart: str | None,
+  restart_every: int | None,
+  accumulator_dtype: jax.typing.DTypeLike | None,
+) -> _core.Algorithm[ScaleByAdanState]:
+  for arg, value in (("b1", b1), ("b2", b2), ("b3", b3)):
+    _validation.check_interval(arg, value, 0.0, 1.0)
+  _validation.check_interval("eps", eps, 0.0)
+  _validation.check_interval("max_grad_norm", max_grad_norm, 0.0)
+  restarter = _restart.Restart(restart, restart_every)
+  accumulator_dtype = _validation.check_accumulator_dtype(accumulator_dtype)
+
+  def init_fn(params):
+    zeros = functools.partial(_precision.zeros_like, params, accumulator_dtype)
+    return ScaleByAdanState(
+      count=jnp.zeros([], jnp.int32),
+      m=zeros(),
+      v=zeros(),
+      n=zeros(real=True),
+      prev_grad=zeros(),
+      **_restart.init_fields(),
+    )
+
+  def step(grads, state, learning_rate, value):
+    del learning_rate
+    restarter.check_value(value)
+    grads = _clip(grads, max_grad_norm, eps)
+    k = _coefficients(b1, b2, b3, eps, state)
+    first = state.count == 0
+    delta = jax.tree.map(functools.partial(_delta, first), grads, state.prev_grad)
+    m = jax.tree.map(functools.partial(_core.ema, k.b1), grads, state.m)
+    v = jax.tree.map(functools.partial(_core.ema, k.b2), delta, state.v)
+    second_moment = functools.partial(_second_moment, k.b2, k.b3)
+    n = jax.tree.map(second_moment, grads, delta, state.n)
+    direction = jax.tree.map(functools.partial(_direction, k), m, v, n)
+    restart_now = restarter.decide(
+      state, grads=grads, step=jax.tree.map(jnp.negative, direction), value=value
+    )
+    m, v = restarter.reset(restart_now, (m, v))
+    return direction, ScaleByAdanState(
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      m=optax.tree.cast_like(m, state.m),
+      v=optax.tree.cast_like(v, state.v),
+      n=optax.tree.cast_like(n, state.n),
+      prev_grad=optax.tree.cast_like(grads, state.prev_grad),
+      **restarter.advance(state, restart_now, value),
+    )
+
+  return _core.Algorithm(
+    name=name,
+    state_type=ScaleByAdanState,
+    init=init_fn,
+    step=step,
+    state_tree=lambda state: state.m,
+  )
 
 
 def scale_by_adan(
@@ -46,7 +190,7 @@ def scale_by_adan(
   *,
   restart: str | None = None,
   restart_every: int | None = None,
-  accumulator_dtype: Any = None,
+  accumulator_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adan's direction as the reference code computes it (no learning rate).
 
@@ -59,7 +203,7 @@ def scale_by_adan(
     \Delta_t &= g_t - g_{t-1} \quad (\Delta_1 = 0) \\
     m_t &= b_1 m_{t-1} + (1 - b_1) g_t, \qquad
     v_t = b_2 v_{t-1} + (1 - b_2) \Delta_t \\
-    n_t &= b_3 n_{t-1} + (1 - b_3) (g_t + b_2 \Delta_t)^2 \\
+    n_t &= b_3 n_{t-1} + (1 - b_3) |g_t + b_2 \Delta_t|^2 \\
     d_t &= \left(\frac{m_t}{c_1} + b_2 \frac{v_t}{c_2}\right) \Big/
       \left(\frac{\sqrt{n_t}}{\sqrt{c_3}} + \epsilon\right)
 
@@ -81,6 +225,14 @@ def scale_by_adan(
   each restart. What went uphill is the momentum; :math:`n` estimates the
   gradient's scale, which a restart does not change.
 
+  **Complex parameters** are handled as optax handles them in Adam: the
+  second moment takes :math:`|g + b_2 \Delta|^2` (and is stored real), the
+  clipping norm is :math:`\sqrt{\sum |g|^2}`, and the gradient restart
+  tests the real part of the conjugated inner product. Pass the conjugate of
+  ``jax.grad``'s gradient, as for any optax optimizer. (The reference, in
+  PyTorch, has no complex rule; optax 0.2.8's ``adan`` refuses complex
+  parameters in its tests.)
+
   Args:
     b1: in [0, 1); 0.98 in the reference (the paper writes 1 - 0.02).
     b2: in [0, 1).
@@ -89,147 +241,39 @@ def scale_by_adan(
     max_grad_norm: global clipping norm; 0 disables clipping.
     restart: None, "gradient" or "function".
     restart_every: restart every this many steps.
-    accumulator_dtype: dtype of the four buffers (:math:`m, v, n` and the
-      previous gradient); None uses the params'. Arithmetic runs in float32
-      or wider either way.
+    accumulator_dtype: float dtype of the four buffers (:math:`m, v, n` and
+      the previous gradient); None uses the params'. Arithmetic runs in
+      float32 or wider either way.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`ScaleByAdanState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, nag_optax
+    >>> tx = optax.chain(nag_optax.scale_by_adan(), optax.scale(-1e-3))
+    >>> params = jnp.array([1.0, -2.0])
+    >>> updates, state = tx.update(params, tx.init(params))
+    >>> print(updates)
+    [-0.001  0.001]
 
   References:
     Xie et al., Adan: Adaptive Nesterov Momentum Algorithm for Faster
     Optimizing Deep Models, 2022 (TPAMI 2024), https://arxiv.org/abs/2208.06677
   """
-  for name, value in (("b1", b1), ("b2", b2), ("b3", b3)):
-    _validation.check_interval(name, value, 0.0, 1.0)
-  _validation.check_interval("eps", eps, 0.0)
-  _validation.check_interval("max_grad_norm", max_grad_norm, 0.0)
-  _restart.validate(restart, restart_every)
-  accumulator_dtype = (
-    None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
-  )
-
-  def init_fn(params):
-    zeros = lambda: optax.tree.zeros_like(params, dtype=accumulator_dtype)
-    scalar = _precision.scalar_dtype()
-    return ScaleByAdanState(
-      count=jnp.zeros([], jnp.int32),
-      momentum_count=jnp.zeros([], jnp.int32),
-      m=zeros(),
-      v=zeros(),
-      n=zeros(),
-      prev_grad=zeros(),
-      restarts=jnp.zeros([], jnp.int32),
-      prev_value=jnp.full([], jnp.inf, scalar),
-    )
-
-  def update_fn(updates, state, params=None, *, value=None, **extra_args):
-    del params, extra_args
-    _validation.check_trees_match("gradient", updates, "optimizer state", state.m)
-    _restart.check_value(restart, value)
-    scalar = _precision.scalar_dtype()
-    b1_, b2_, b3_, eps_ = (jnp.asarray(x, scalar) for x in (b1, b2, b3, eps))
-    max_norm = jnp.asarray(max_grad_norm, scalar)
-    cd = lambda g: _precision.compute_dtype(g.dtype)
-    grads = jax.tree.map(lambda g: g.astype(cd(g)), updates)
-    norm = optax.tree.norm(grads).astype(scalar)
-    clip = jnp.where(max_norm > 0, jnp.minimum(1.0, max_norm / (norm + eps_)), 1.0)
-    grads = jax.tree.map(lambda g: g * clip.astype(g.dtype), grads)
-
-    t = optax.safe_increment(state.count).astype(scalar)
-    tm = optax.safe_increment(state.momentum_count).astype(scalar)
-    c1, c2 = 1.0 - b1_**tm, 1.0 - b2_**tm
-    c3_sqrt = jnp.sqrt(1.0 - b3_**t)
-    first = state.count == 0
-
-    def moments(g, m, v, n, prev):
-      c = lambda x: x.astype(g.dtype)
-      delta = jnp.where(first, jnp.zeros_like(g), g - prev.astype(g.dtype))
-      m = c(b1_) * m.astype(g.dtype) + (1.0 - c(b1_)) * g
-      v = c(b2_) * v.astype(g.dtype) + (1.0 - c(b2_)) * delta
-      nesterov_grad = g + c(b2_) * delta
-      n = c(b3_) * n.astype(g.dtype) + (1.0 - c(b3_)) * nesterov_grad**2
-      denom = jnp.sqrt(n) / c(c3_sqrt) + c(eps_)
-      return (m / c(c1) + c(b2_) * v / c(c2)) / denom, m, v, n
-
-    treedef = jax.tree.structure(updates)
-    out = treedef.flatten_up_to(
-      jax.tree.map(moments, grads, state.m, state.v, state.n, state.prev_grad)
-    )
-    direction, m, v, n = (
-      jax.tree.unflatten(treedef, [leaf[i] for leaf in out]) for i in range(4)
-    )
-    restart_now = _restart.should_restart(
+  return _core.transform(
+    _algorithm(
+      "scale_by_adan",
+      b1,
+      b2,
+      b3,
+      eps,
+      max_grad_norm,
       restart,
       restart_every,
-      grads=grads,
-      step=jax.tree.map(jnp.negative, direction),
-      value=value,
-      prev_value=state.prev_value,
-      momentum_count=state.momentum_count,
+      accumulator_dtype,
     )
-    keep = 1.0 - restart_now.astype(scalar)
-    m, v = (jax.tree.map(lambda x: x * keep.astype(x.dtype), tree) for tree in (m, v))
-    new_state = ScaleByAdanState(
-      count=optax.safe_increment(state.count),
-      momentum_count=jnp.where(
-        restart_now, 0, optax.safe_increment(state.momentum_count)
-      ).astype(jnp.int32),
-      m=optax.tree.cast_like(m, state.m),
-      v=optax.tree.cast_like(v, state.v),
-      n=optax.tree.cast_like(n, state.n),
-      prev_grad=optax.tree.cast_like(grads, state.prev_grad),
-      restarts=state.restarts + restart_now.astype(jnp.int32),
-      prev_value=(
-        jnp.asarray(value, scalar) if restart == "function" else state.prev_value
-      ),
-    )
-    return optax.tree.cast_like(direction, updates), new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-class AdanWeightDecayState(NamedTuple):
-  """Step count of :func:`adan`'s learning-rate and weight-decay step."""
-
-  count: jax.Array
-
-
-def _scale_and_decay(learning_rate, weight_decay, no_prox):
-  """-lr * d with the reference's proximal (or AdamW-style) weight decay."""
-  lr_fn = _validation.as_schedule(learning_rate)
-  use_decay = not _validation.is_static_zero(weight_decay)
-
-  def init_fn(params):
-    del params
-    return AdanWeightDecayState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
-    if use_decay and params is None:
-      raise ValueError(
-        "weight_decay needs the parameters: call update(grads, state, params)."
-      )
-    scalar = _precision.scalar_dtype()
-    lr = jnp.asarray(lr_fn(state.count), scalar)
-    wd = jnp.asarray(weight_decay, scalar)
-
-    def step(d, p):
-      cd = _precision.compute_dtype(d.dtype)
-      u = -lr.astype(cd) * d.astype(cd)
-      if use_decay:
-        decay = (lr * wd).astype(cd)
-        p = p.astype(cd)
-        # prox: p_new = (p - lr d) / (1 + lr wd); no_prox: (1 - lr wd) p - lr d.
-        u = u - decay * p if no_prox else (u - decay * p) / (1.0 + decay)
-      return u.astype(d.dtype)
-
-    return (
-      jax.tree.map(step, updates, updates if params is None else params),
-      AdanWeightDecayState(count=optax.safe_increment(state.count)),
-    )
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  )
 
 
 def adan(
@@ -242,9 +286,10 @@ def adan(
   no_prox: bool = False,
   max_grad_norm: jax.typing.ArrayLike = 0.0,
   *,
+  weight_decay_mask: optax.MaskOrFn = None,
   restart: str | None = None,
   restart_every: int | None = None,
-  accumulator_dtype: Any = None,
+  accumulator_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adan exactly as the reference ``sail-sg/Adan`` (``adan.py``).
 
@@ -258,8 +303,16 @@ def adan(
     p \leftarrow (1 - \alpha_t \lambda) p - \alpha_t d_t
     \quad\text{(``no_prox=True``)}
 
-  optax 0.2.8's ``adan`` has only the second form and uses :math:`1 - b_2`
-  in place of :math:`b_2` in both Nesterov terms.
+  on the leaves ``weight_decay_mask`` selects (the others take
+  :math:`p \leftarrow p - \alpha_t d_t`). optax 0.2.8's ``adan`` has only
+  the second form and uses :math:`1 - b_2` in place of :math:`b_2` in both
+  Nesterov terms.
+
+  The state is the :class:`ScaleByAdanState` of the direction (its ``count``
+  drives a learning-rate schedule), the same with and without weight decay
+  and under ``optax.inject_hyperparams``. Complex parameters are handled as
+  in :func:`scale_by_adan`; both decay forms are linear in :math:`p` and
+  apply to them as they are.
 
   Args:
     learning_rate: non-negative float or optax schedule (reference 1e-3).
@@ -270,35 +323,44 @@ def adan(
     weight_decay: :math:`\lambda \ge 0`.
     no_prox: AdamW-style decay instead of the proximal step.
     max_grad_norm: global gradient clipping norm; 0 disables it.
+    weight_decay_mask: which leaves decay: a tree of booleans like the
+      params, a prefix of it (``{"encoder": True, "decoder": False}`` over
+      nested params), or a callable of the params returning either; None
+      decays every leaf. With ``optax.inject_hyperparams`` pass a callable
+      mask as a static argument.
     restart: None, "gradient" or "function" (see :func:`scale_by_adan`).
     restart_every: restart every this many steps.
-    accumulator_dtype: dtype of the four buffers; None uses the params'.
+    accumulator_dtype: float dtype of the four buffers; None uses the
+      params'.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`ScaleByAdanState`.
 
   Example:
-    >>> import jax.numpy as jnp, nag_optax
-    >>> tx = nag_optax.adan(1e-3, weight_decay=0.02)
-    >>> params = jnp.ones(3)
+    >>> import jax, jax.numpy as jnp, nag_optax
+    >>> params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+    >>> tx = nag_optax.adan(
+    ...   1e-3, weight_decay=0.02,
+    ...   weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
     >>> updates, state = tx.update(params, tx.init(params), params)
 
   References:
     Xie et al., Adan: Adaptive Nesterov Momentum Algorithm for Faster
     Optimizing Deep Models, 2022 (TPAMI 2024), https://arxiv.org/abs/2208.06677
   """
-  _validation.check_interval("learning_rate", learning_rate, 0.0)
-  _validation.check_interval("weight_decay", weight_decay, 0.0)
-  return optax.chain(
-    scale_by_adan(
-      b1,
-      b2,
-      b3,
-      eps,
-      max_grad_norm,
-      restart=restart,
-      restart_every=restart_every,
-      accumulator_dtype=accumulator_dtype,
-    ),
-    _scale_and_decay(learning_rate, weight_decay, no_prox),
+  decay = _weight_decay.WeightDecay(
+    weight_decay, mode="decoupled" if no_prox else "proximal", mask=weight_decay_mask
   )
+  algorithm = _algorithm(
+    "adan",
+    b1,
+    b2,
+    b3,
+    eps,
+    max_grad_norm,
+    restart,
+    restart_every,
+    accumulator_dtype,
+  )
+  return _core.transform(algorithm, learning_rate, decay)

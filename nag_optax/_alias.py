@@ -1,7 +1,6 @@
 """The full Nesterov optimizer: learning rate, weight decay and both forms."""
 
-from typing import Any
-
+import jax
 import optax
 
 from nag_optax import _nesterov
@@ -9,14 +8,14 @@ from nag_optax import _nesterov
 
 def nesterov(
   learning_rate: optax.ScalarOrSchedule,
-  momentum: Any = 0.9,
+  momentum: optax.ScalarOrSchedule = 0.9,
   *,
-  dampening: Any = 0.0,
-  weight_decay: Any = 0.0,
+  dampening: jax.typing.ArrayLike = 0.0,
+  weight_decay: jax.typing.ArrayLike = 0.0,
   decoupled_weight_decay: bool = False,
-  weight_decay_mask: Any = None,
+  weight_decay_mask: optax.MaskOrFn = None,
   form: str = "pytorch",
-  accumulator_dtype: Any = None,
+  accumulator_dtype: jax.typing.DTypeLike | None = None,
   restart: str | None = None,
   restart_every: int | None = None,
   stochastic_rounding: bool = False,
@@ -50,8 +49,8 @@ def nesterov(
     p \leftarrow p + \mu_{k+1} v_{k+1} - \alpha_t g_t
 
   With ``decoupled_weight_decay=True`` (SGDW) the update also subtracts
-  :math:`\alpha_t \lambda p`, and ``weight_decay_mask`` selects the leaves
-  decay applies to, in both modes.
+  :math:`\alpha_t \lambda p` instead, and ``weight_decay_mask`` selects the
+  leaves decay applies to, in both modes.
 
   Both forms store the look-ahead point :math:`\Theta_t = \theta_t + \mu_t
   v_t` of textbook NAG, :math:`v_{t+1} = \mu_t v_t - \alpha_t \nabla
@@ -84,6 +83,19 @@ def nesterov(
   ``stochastic_rounding=True`` rounds it stochastically so that a momentum of
   0.999 still reaches its steady state.
 
+  **Complex parameters** are supported: the rule is linear in the gradient
+  and in :math:`p`, and the gradient restart tests the real part of the
+  conjugated inner product, so a complex parameter moves exactly as the pair
+  of its real and imaginary parts would. As for any optax optimizer, pass the
+  conjugate of ``jax.grad``'s gradient. A complex buffer has the precision
+  of ``accumulator_dtype`` (float32: complex64); there is no complex
+  bfloat16.
+
+  The state is a :class:`nag_optax.NesterovState` (the same class as
+  :class:`nag_optax.ScaleByNesterovState`, with ``lookahead_includes_lr``
+  True), the same with and without weight decay and under
+  ``optax.inject_hyperparams``.
+
   Args:
     learning_rate: a non-negative float or an optax schedule of the step.
     momentum: momentum in [0, 1) or a schedule of the momentum count (see
@@ -93,11 +105,14 @@ def nesterov(
     weight_decay: non-negative decay coefficient :math:`\lambda`.
     decoupled_weight_decay: False for coupled L2 (PyTorch, follows the
       learning-rate schedule through the gradient), True for SGDW.
-    weight_decay_mask: a tree of booleans like the params, or a callable
-      returning one; decay applies where True. With
-      ``optax.inject_hyperparams`` pass a callable mask as a static argument.
+    weight_decay_mask: which leaves decay: a tree of booleans like the
+      params, a prefix of it (``{"encoder": True, "decoder": False}`` over
+      nested params), or a callable of the params returning either; None
+      decays every leaf. With ``optax.inject_hyperparams`` pass a callable
+      mask as a static argument.
     form: "pytorch" or "sutskever".
-    accumulator_dtype: dtype of the momentum buffer; None uses the params'.
+    accumulator_dtype: float dtype of the momentum buffer; None uses the
+      params'.
     restart: None, "gradient" or "function".
     restart_every: restart every this many momentum steps (None: never).
     stochastic_rounding: round a buffer narrower than float32 stochastically.

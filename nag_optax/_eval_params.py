@@ -1,23 +1,47 @@
 """Recovering the NAG iterate theta from the stored look-ahead parameters."""
 
-from typing import Any
-
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nag_optax import _nesterov
 from nag_optax import _precision
+from nag_optax import _substate
+from nag_optax import _validation
 
-_STATES = (_nesterov.ScaleByNesterovState,)
 
-
-def _find_nesterov_states(opt_state: Any) -> list[Any]:
-  is_state = lambda x: isinstance(x, _STATES)
-  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+def _lookahead_scale(
+  includes_lr: jax.Array, learning_rate: jax.typing.ArrayLike | None
+) -> jax.typing.ArrayLike:
+  """What multiplies ``lookahead * trace``: 1, or the learning rate applied
+  after a bare ``scale_by_nesterov``. Checked when the state is concrete;
+  inside ``jit`` the choice is made in the graph."""
+  known = _validation.concrete_value(includes_lr)
+  if known is None:
+    missing = jnp.nan if learning_rate is None else learning_rate
+    return jnp.where(includes_lr, 1.0, missing)
+  if np.all(known):
+    if learning_rate is not None:
+      raise ValueError(
+        "learning_rate is only for a bare scale_by_nesterov; nesterov() "
+        "records its own."
+      )
+    return 1.0
+  if learning_rate is None:
+    raise ValueError(
+      "This state comes from scale_by_nesterov, which does not know the "
+      "learning rate applied after it: pass learning_rate= (that of the "
+      "last step)."
+    )
+  return learning_rate
 
 
 def nesterov_eval_params(
-  opt_state: Any, params: optax.Params, *, learning_rate: Any = None
+  opt_state: optax.OptState,
+  params: optax.Params,
+  *,
+  learning_rate: jax.typing.ArrayLike | None = None,
 ) -> optax.Params:
   r"""The NAG iterate :math:`\theta_t` behind the stored parameters.
 
@@ -42,7 +66,11 @@ def nesterov_eval_params(
     params: the parameters stored alongside it (:math:`\Theta_t`).
     learning_rate: only for a bare :func:`nag_optax.scale_by_nesterov`, which
       does not know the learning rate applied after it: the learning rate of
-      the last step.
+      the last step. The state says which it is
+      (``lookahead_includes_lr``): outside ``jit`` a missing or superfluous
+      ``learning_rate`` is a ValueError; inside ``jit`` (where the state is
+      traced) it is ignored for ``nesterov``, and a bare
+      ``scale_by_nesterov`` without it gives NaN.
 
   Returns:
     :math:`\theta_t`, with the structure and dtypes of ``params``.
@@ -57,28 +85,13 @@ def nesterov_eval_params(
     >>> print(nag_optax.nesterov_eval_params(state, params))
     [0.8]
   """
-  states = _find_nesterov_states(opt_state)
-  if len(states) != 1:
-    raise ValueError(
-      "nesterov_eval_params needs exactly one Nesterov state in opt_state, "
-      f"found {len(states)}."
-    )
-  (state,) = states
-  if isinstance(state, _nesterov.NesterovState):
-    if learning_rate is not None:
-      raise ValueError(
-        "learning_rate is only for a bare scale_by_nesterov; nesterov() "
-        "records its own."
-      )
-    scale = 1.0
-  else:
-    if learning_rate is None:
-      raise ValueError(
-        "This state comes from scale_by_nesterov, which does not know the "
-        "learning rate applied after it: pass learning_rate= (that of the "
-        "last step)."
-      )
-    scale = learning_rate
+  state = _substate.find_one(
+    opt_state,
+    _nesterov.ScaleByNesterovState,
+    caller="nesterov_eval_params",
+    what="Nesterov",
+  )
+  scale = _lookahead_scale(state.lookahead_includes_lr, learning_rate)
 
   masked_node = optax.MaskedNode
 

@@ -1,11 +1,14 @@
 """Nesterov accelerated gradient as an optax transformation.
 
-One update rule, :func:`nesterov_transform`, serves both the direction-only
+One rule, :func:`nesterov_transform`, serves both the direction-only
 :func:`scale_by_nesterov` and the full optimizer :func:`nag_optax.nesterov`.
+Its form is chosen once, at construction: a :class:`_Form` holds the four
+places where the forms differ.
 """
 
+import functools
 import warnings
-from typing import Any
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -13,15 +16,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nag_optax import _core
 from nag_optax import _precision
 from nag_optax import _restart
 from nag_optax import _validation
+from nag_optax import _weight_decay
 
 FORMS = ("pytorch", "sutskever")
 
 
 class ScaleByNesterovState(NamedTuple):
-  """State of :func:`scale_by_nesterov`.
+  """State of :func:`scale_by_nesterov` and :func:`nag_optax.nesterov`.
+
+  ``nag_optax.NesterovState`` is another name for this class.
 
   Attributes:
     count: updates applied so far (int32); drives learning-rate schedules.
@@ -30,46 +37,102 @@ class ScaleByNesterovState(NamedTuple):
     trace: the momentum buffer. In the "pytorch" form (and for
       ``scale_by_nesterov``) the buffer ``m`` of gradients; in the
       "sutskever" form the velocity ``v`` in parameter units.
-    lookahead: scalar ``c`` with ``stored_params - theta = c * trace`` (times
-      the learning rate for ``scale_by_nesterov``, which does not know it);
-      read by :func:`nag_optax.nesterov_eval_params`.
+    lookahead: scalar ``c`` with ``stored_params - theta = c * trace``, times
+      the learning rate applied after the transform when
+      ``lookahead_includes_lr`` is False; read by
+      :func:`nag_optax.nesterov_eval_params`.
+    lookahead_includes_lr: the units of ``lookahead`` (bool): True for
+      ``nesterov``, whose update includes the learning rate; False for
+      ``scale_by_nesterov``, which does not know the learning rate applied
+      after it.
     restarts: number of adaptive restarts so far (int32), for logging.
     prev_value: the loss passed at the previous update (+inf before the
       first), for ``restart="function"``.
     rng_key: raw uint32 PRNG key for stochastic rounding.
   """
 
-  count: jax.Array
+  # mypy flags a field named count (it shadows tuple.count), but the name is
+  # optax's convention: optax.tree.get(state, "count") reads it.
+  count: jax.Array  # type: ignore[assignment]
   momentum_count: jax.Array
   trace: optax.Updates
   lookahead: jax.Array
+  lookahead_includes_lr: jax.Array
   restarts: jax.Array
   prev_value: jax.Array
   rng_key: jax.Array
 
 
-class NesterovState(ScaleByNesterovState):
-  """State of :func:`nag_optax.nesterov`: as :class:`ScaleByNesterovState`.
-
-  The learning rate is part of the update, so ``lookahead`` is in parameter
-  units: ``stored_params - theta = lookahead * trace`` exactly.
-  """
-
-  __slots__ = ()
+NesterovState = ScaleByNesterovState
 
 
-def _validate(momentum, dampening, form, accumulator_dtype, restart, restart_every):
-  _validation.check_interval("momentum", momentum, 0.0, 1.0)
-  _validation.check_interval("dampening", dampening, 0.0, 1.0)
-  _validation.check_choice("form", form, FORMS)
-  _restart.validate(restart, restart_every)
-  if accumulator_dtype is not None:
-    dtype = jnp.dtype(accumulator_dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"accumulator_dtype must be a float dtype, got {dtype}.")
+class _Scalars(NamedTuple):
+  """One step's hyperparameters, float32 or wider."""
+
+  mu: jax.Array  # momentum at the momentum count: enters the buffer
+  mu_next: jax.Array  # at the next count: the look-ahead
+  lr: jax.Array  # learning rate (1 for the bare direction)
+  damp: jax.Array  # 1 - dampening; 1 on the first step after (re)start
 
 
-def _warn_if_momentum_rounds_to_one(momentum, trace, stochastic_rounding):
+def _scalars(
+  momentum_fn: optax.Schedule,
+  dampening: jax.typing.ArrayLike,
+  state: ScaleByNesterovState,
+  learning_rate: jax.Array | None,
+) -> _Scalars:
+  scalar = _precision.scalar_dtype()
+  return _Scalars(
+    mu=jnp.asarray(momentum_fn(state.momentum_count), scalar),
+    mu_next=jnp.asarray(momentum_fn(state.momentum_count + 1), scalar),
+    lr=jnp.asarray(1.0 if learning_rate is None else learning_rate, scalar),
+    # PyTorch starts the buffer at the first gradient: no dampening then.
+    damp=jnp.where(
+      state.momentum_count == 0, 1.0, 1.0 - jnp.asarray(dampening, scalar)
+    ),
+  )
+
+
+class _Form(NamedTuple):
+  """Where the two forms differ. ``g`` is the upcast gradient, ``h`` the
+  :class:`_Scalars`, ``t`` the buffer (old in ``trace``, stored in
+  ``output``)."""
+
+  trace: Callable[[_Scalars, jax.Array, jax.Array], jax.Array]
+  theta_step: Callable[[optax.Updates], optax.Updates]  # new buffers -> theta's change
+  output: Callable[[_Scalars, jax.Array, jax.Array], jax.Array]
+  lookahead: Callable[[_Scalars], jax.Array]
+  applies_learning_rate: bool
+
+
+_c = _precision.cast_scalar
+
+# m <- mu m + damp g; direction g + mu_next m (the core scales it by -lr);
+# theta moves by -lr m, and stored - theta = -lr mu_next m.
+_PYTORCH = _Form(
+  trace=lambda h, g, t: _c(h.mu, g) * t.astype(g.dtype) + _c(h.damp, g) * g,
+  theta_step=lambda m: jax.tree.map(jnp.negative, m),
+  output=lambda h, g, t: g + _c(h.mu_next, g) * t.astype(g.dtype),
+  lookahead=lambda h: -h.lr * h.mu_next,
+  applies_learning_rate=False,
+)
+
+# v <- mu v - lr damp g; update mu_next v - lr g; theta moves by v, and
+# stored - theta = mu_next v.
+_SUTSKEVER = _Form(
+  trace=lambda h, g, t: (
+    _c(h.mu, g) * t.astype(g.dtype) - _c(h.lr, g) * _c(h.damp, g) * g
+  ),
+  theta_step=lambda v: v,
+  output=lambda h, g, t: _c(h.mu_next, g) * t.astype(g.dtype) - _c(h.lr, g) * g,
+  lookahead=lambda h: h.mu_next,
+  applies_learning_rate=True,
+)
+
+
+def _warn_if_momentum_rounds_to_one(
+  momentum: optax.ScalarOrSchedule, trace: optax.Updates, stochastic_rounding: bool
+) -> None:
   """Warns when a low-precision buffer cannot hold this momentum's steady state."""
   value = _validation.concrete_value(momentum)
   if value is None or stochastic_rounding:
@@ -88,14 +151,14 @@ def _warn_if_momentum_rounds_to_one(momentum, trace, stochastic_rounding):
 
 def nesterov_transform(
   *,
-  momentum: Any,
-  learning_rate: Any = None,
-  dampening: Any = 0.0,
-  weight_decay: Any = 0.0,
+  momentum: optax.ScalarOrSchedule,
+  learning_rate: optax.ScalarOrSchedule | None = None,
+  dampening: jax.typing.ArrayLike = 0.0,
+  weight_decay: jax.typing.ArrayLike = 0.0,
   decoupled_weight_decay: bool = False,
-  weight_decay_mask: Any = None,
+  weight_decay_mask: optax.MaskOrFn = None,
   form: str = "pytorch",
-  accumulator_dtype: Any = None,
+  accumulator_dtype: jax.typing.DTypeLike | None = None,
   restart: str | None = None,
   restart_every: int | None = None,
   stochastic_rounding: bool = False,
@@ -104,188 +167,96 @@ def nesterov_transform(
   """The Nesterov update shared by :func:`scale_by_nesterov` and ``nesterov``.
 
   With ``learning_rate=None`` it returns the direction only ("pytorch" form,
-  no weight decay) and keeps a :class:`ScaleByNesterovState`; otherwise it
-  returns the full signed update and keeps a :class:`NesterovState`. See
-  :func:`nag_optax.nesterov` for the rule and the arguments.
+  no weight decay, ``lookahead_includes_lr`` False); otherwise the full
+  signed update. See :func:`nag_optax.nesterov` for the rule and the
+  arguments.
   """
-  _validate(momentum, dampening, form, accumulator_dtype, restart, restart_every)
+  _validation.check_interval("momentum", momentum, 0.0, 1.0)
+  _validation.check_interval("dampening", dampening, 0.0, 1.0)
+  _validation.check_choice("form", form, FORMS)
+  accumulator_dtype = _validation.check_accumulator_dtype(accumulator_dtype)
+  restarter = _restart.Restart(restart, restart_every)
+  decay = _weight_decay.WeightDecay(
+    weight_decay,
+    mode="decoupled" if decoupled_weight_decay else "coupled",
+    mask=weight_decay_mask,
+  )
   direction_only = learning_rate is None
-  if direction_only and (
-    form != "pytorch" or not _validation.is_static_zero(weight_decay)
-  ):
+  if direction_only and (form != "pytorch" or decay.active):
     raise ValueError(
       "scale_by_nesterov is the PyTorch-form direction only: use "
       "nag_optax.nesterov for form='sutskever' or weight decay."
     )
-  state_cls = ScaleByNesterovState if direction_only else NesterovState
-  if not direction_only:
-    _validation.check_interval("learning_rate", learning_rate, 0.0)
-  _validation.check_interval("weight_decay", weight_decay, 0.0)
-  use_weight_decay = not _validation.is_static_zero(weight_decay)
-  accumulator_dtype = (
-    None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
-  )
+  rule = _SUTSKEVER if form == "sutskever" else _PYTORCH
   momentum_fn = _validation.as_schedule(momentum)
-  learning_rate_fn = _validation.as_schedule(1.0 if direction_only else learning_rate)
 
   def init_fn(params):
-    trace = optax.tree.zeros_like(params, dtype=accumulator_dtype)
+    trace = _precision.zeros_like(params, accumulator_dtype)
     _warn_if_momentum_rounds_to_one(momentum, trace, stochastic_rounding)
-    scalar = _precision.scalar_dtype()
-    return state_cls(
+    return ScaleByNesterovState(
       count=jnp.zeros([], jnp.int32),
-      momentum_count=jnp.zeros([], jnp.int32),
       trace=trace,
-      lookahead=jnp.zeros([], scalar),
-      restarts=jnp.zeros([], jnp.int32),
-      prev_value=jnp.full([], jnp.inf, scalar),
+      lookahead=jnp.zeros([], _precision.scalar_dtype()),
+      lookahead_includes_lr=jnp.asarray(not direction_only),
       rng_key=jax.random.key_data(jax.random.key(seed, impl="threefry2x32")),
+      **_restart.init_fields(),
     )
 
-  def update_fn(updates, state, params=None, *, value=None, **extra_args):
-    del extra_args
-    _validation.check_trees_match("gradient", updates, "optimizer state", state.trace)
-    _restart.check_value(restart, value)
-    if use_weight_decay:
-      if params is None:
-        raise ValueError(
-          "weight_decay needs the parameters: call update(grads, state, params)."
-        )
-      _validation.check_trees_match("params", params, "gradient", updates)
-    scalar = _precision.scalar_dtype()
-    mu = jnp.asarray(momentum_fn(state.momentum_count), scalar)
-    mu_next = jnp.asarray(momentum_fn(state.momentum_count + 1), scalar)
-    lr = jnp.asarray(learning_rate_fn(state.count), scalar)
-    # PyTorch starts the buffer at the first gradient: no dampening then.
-    damp = jnp.where(
-      state.momentum_count == 0, 1.0, 1.0 - jnp.asarray(dampening, scalar)
+  def step(grads, state, learning_rate, value):
+    restarter.check_value(value)
+    h = _scalars(momentum_fn, dampening, state, learning_rate)
+    traces = jax.tree.map(functools.partial(rule.trace, h), grads, state.trace)
+    restart_now = restarter.decide(
+      state, grads=grads, step=rule.theta_step(traces), value=value
     )
-    wd = jnp.asarray(weight_decay, scalar)
-    decay_mask = _decay_mask(weight_decay_mask, params, updates, use_weight_decay)
-
-    def effective_gradient(g, p, decays):
-      g = g.astype(_precision.compute_dtype(g.dtype))
-      if decays and not decoupled_weight_decay:
-        g = g + wd.astype(g.dtype) * p.astype(g.dtype)  # Coupled L2.
-      return g
-
-    grads = jax.tree.map(
-      effective_gradient, updates, _params_or(params, updates), decay_mask
-    )
-
-    def new_trace(g, t):
-      c = lambda x: x.astype(g.dtype)
-      if form == "sutskever":
-        return c(mu) * t.astype(g.dtype) - c(lr) * c(damp) * g
-      return c(mu) * t.astype(g.dtype) + c(damp) * g
-
-    traces = jax.tree.map(new_trace, grads, state.trace)
-    # The change of the non-extrapolated iterate theta is -lr * m or v.
-    step = traces if form == "sutskever" else jax.tree.map(jnp.negative, traces)
-    restart_now = _restart.should_restart(
-      restart,
-      restart_every,
-      grads=grads,
-      step=step,
-      value=value,
-      prev_value=state.prev_value,
-      momentum_count=state.momentum_count,
-    )
-    keep = 1.0 - restart_now.astype(scalar)
-    traces = jax.tree.map(lambda t: t * keep.astype(t.dtype), traces)
-
+    traces = restarter.reset(restart_now, traces)
     # Round into the buffer's dtype first and look ahead with the buffer as
     # stored: the update then matches the state exactly (nesterov_eval_params
     # stays exact with a bfloat16 buffer), and XLA need not keep a copy of
     # the old buffer alive to recompute the unrounded value.
-    rng_key = state.rng_key
-    if stochastic_rounding:
-      rng_key, subkey = jax.random.split(rng_key)
-      stored = _store_stochastically(traces, state.trace, subkey)
-    else:
-      stored = jax.tree.map(lambda t, old: t.astype(old.dtype), traces, state.trace)
-
-    def direction(g, t, p, raw, decays):
-      c = lambda x: x.astype(g.dtype)
-      t = t.astype(g.dtype)
-      if form == "sutskever":
-        u = c(mu_next) * t - c(lr) * g
-      elif direction_only:
-        u = g + c(mu_next) * t
-      else:
-        u = -c(lr) * (g + c(mu_next) * t)
-      if decays and decoupled_weight_decay:
-        u = u - c(lr) * c(wd) * p.astype(g.dtype)
-      return u.astype(raw.dtype)
-
-    new_updates = jax.tree.map(
-      direction, grads, stored, _params_or(params, updates), updates, decay_mask
-    )
-    if form == "sutskever":
-      lookahead = mu_next
-    elif direction_only:
-      lookahead = -mu_next
-    else:
-      lookahead = -lr * mu_next
-
-    if restart == "function":
-      prev_value = jnp.asarray(value, scalar)
-    else:
-      prev_value = state.prev_value
-    new_state = state_cls(
-      count=optax.safe_increment(state.count),
-      momentum_count=jnp.where(
-        restart_now, 0, optax.safe_increment(state.momentum_count)
-      ).astype(jnp.int32),
+    stored, rng_key = _store(traces, state, stochastic_rounding)
+    new_state = ScaleByNesterovState(
+      count=jnp.asarray(optax.safe_increment(state.count)),
       trace=stored,
-      lookahead=lookahead.astype(scalar),
-      restarts=state.restarts + restart_now.astype(jnp.int32),
-      prev_value=prev_value,
+      lookahead=rule.lookahead(h),
+      lookahead_includes_lr=state.lookahead_includes_lr,
       rng_key=rng_key,
+      **restarter.advance(state, restart_now, value),
     )
-    return new_updates, new_state
+    return jax.tree.map(functools.partial(rule.output, h), grads, stored), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _params_or(params, updates):
-  """Params when given, else the updates (read only where decay is off)."""
-  return updates if params is None else params
-
-
-def _decay_mask(mask, params, updates, use_weight_decay):
-  """A tree of Python bools: which leaves weight decay applies to."""
-  if not use_weight_decay:
-    return jax.tree.map(lambda _: False, updates)
-  if mask is None:
-    return jax.tree.map(lambda _: True, updates)
-  if callable(mask):
-    mask = mask(params)
-  try:
-    return jax.tree.map(lambda m, u: bool(m), mask, updates)
-  except ValueError as error:
-    raise ValueError(
-      "weight_decay_mask must be a tree of booleans with the structure of "
-      f"params (or a prefix of it): {error}"
-    ) from error
+  algorithm = _core.Algorithm(
+    name="scale_by_nesterov" if direction_only else "nesterov",
+    state_type=ScaleByNesterovState,
+    init=init_fn,
+    step=step,
+    state_tree=lambda state: state.trace,
+    applies_learning_rate=rule.applies_learning_rate,
+  )
+  return _core.transform(algorithm, learning_rate, decay)
 
 
-def _store_stochastically(traces, old_traces, key):
+def _store(
+  traces: optax.Updates, state: ScaleByNesterovState, stochastic_rounding: bool
+) -> tuple[optax.Updates, jax.Array]:
+  """The new buffers in the state's dtypes, and the next PRNG key."""
+  if not stochastic_rounding:
+    return optax.tree.cast_like(traces, state.trace), state.rng_key
+  rng_key, subkey = jax.random.split(state.rng_key)
   leaves, treedef = jax.tree.flatten(traces)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  old_leaves = jax.tree.leaves(old_traces)
+  keys = jax.random.split(subkey, max(len(leaves), 1))
   stored = [
     _precision.stochastic_round(t, old.dtype, k)
-    for t, old, k in zip(leaves, old_leaves, keys, strict=True)
+    for t, old, k in zip(leaves, jax.tree.leaves(state.trace), keys, strict=True)
   ]
-  return jax.tree.unflatten(treedef, stored)
+  return jax.tree.unflatten(treedef, stored), rng_key
 
 
 def scale_by_nesterov(
-  momentum: Any = 0.9,
+  momentum: optax.ScalarOrSchedule = 0.9,
   *,
-  dampening: Any = 0.0,
-  accumulator_dtype: Any = None,
+  dampening: jax.typing.ArrayLike = 0.0,
+  accumulator_dtype: jax.typing.DTypeLike | None = None,
   restart: str | None = None,
   restart_every: int | None = None,
   stochastic_rounding: bool = False,
@@ -310,11 +281,17 @@ def scale_by_nesterov(
   the look-ahead makes a momentum schedule exact time-varying NAG (see
   :func:`nag_optax.nesterov`).
 
+  Complex parameters are supported as in :func:`nag_optax.nesterov` (the rule
+  is linear; the gradient restart tests the real part of the conjugated inner
+  product). The state's ``lookahead_includes_lr`` is False: pass the learning
+  rate to :func:`nag_optax.nesterov_eval_params`.
+
   Args:
     momentum: momentum in [0, 1), or a schedule of the momentum count.
     dampening: PyTorch's dampening in [0, 1); the first gradient after the
       start or a restart enters undamped.
-    accumulator_dtype: dtype of the momentum buffer; None uses the params'.
+    accumulator_dtype: float dtype of the momentum buffer; None uses the
+      params'.
     restart: None, "gradient" or "function" adaptive restart (see
       :func:`nag_optax.nesterov`).
     restart_every: also restart every this many momentum steps.

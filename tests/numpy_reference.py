@@ -2,10 +2,24 @@
 
 Each function follows its source line by line (named in its docstring) and
 shares no code with nag_optax, so agreement is evidence, not tautology.
-All work in float64 on flat NumPy vectors.
+All work in float64 on flat NumPy vectors, or complex128 ones: a complex
+``p0`` keeps its parameters complex, and where a source squares a gradient
+the transcription takes ``g * conj(g)``, i.e. |g|^2 as optax does (the same
+numbers as ``g * g`` for real arrays). PyTorch's own optimizers instead view
+a complex tensor as a pair of real ones.
 """
 
 import numpy as np
+
+
+def _params(p0):
+  """``p0`` as a float64 (or complex128) working copy."""
+  return np.array(p0, np.result_type(p0, np.float64))
+
+
+def _abs_sq(x):
+  """|x|^2, real; exactly ``x * x`` for real ``x``."""
+  return (x * np.conj(x)).real
 
 
 def torch_sgd(
@@ -17,7 +31,7 @@ def torch_sgd(
   steps after every optimizer step would give. Returns the list of params
   after each step (p_1 .. p_steps).
   """
-  p = np.array(p0, np.float64)
+  p = _params(p0)
   buf = None
   out = []
   for t in range(steps):
@@ -43,7 +57,7 @@ def keras_sgd(p0, grad_fn, steps, lr, momentum, weight_decay=0.0):
   ``m = m * momentum - g * lr; variable += m * momentum - g * lr``. The
   gradient is computed before the decay, at the same variable value.
   """
-  p = np.array(p0, np.float64)
+  p = _params(p0)
   m = np.zeros_like(p)
   out = []
   for t in range(steps):
@@ -164,8 +178,8 @@ def torch_nadam(
 ):
   """torch.optim.NAdam, `_single_tensor_nadam` (PyTorch 2.x)."""
   beta1, beta2 = betas
-  p = np.array(p0, np.float64)
-  exp_avg, exp_avg_sq, mu_product = np.zeros_like(p), np.zeros_like(p), 1.0
+  p = _params(p0)
+  exp_avg, exp_avg_sq, mu_product = np.zeros_like(p), np.zeros(p.shape), 1.0
   out = []
   for t in range(steps):
     grad = grad_fn(p)
@@ -180,7 +194,7 @@ def torch_nadam(
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
     mu_product *= mu
     exp_avg = exp_avg + (grad - exp_avg) * (1 - beta1)  # lerp_
-    exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+    exp_avg_sq = exp_avg_sq * beta2 + ((1 - beta2) * grad * np.conj(grad)).real
     denom = np.sqrt(exp_avg_sq / bias_correction2) + eps
     mu_product_next = mu_product * mu_next
     p = p + grad / denom * (-lr * (1.0 - mu) / (1.0 - mu_product))
@@ -215,8 +229,9 @@ def reference_adan(
   """
   beta1, beta2, beta3 = betas
   coef = beta2 if nesterov_coef is None else nesterov_coef
-  p = np.array(p0, np.float64)
-  exp_avg, exp_avg_sq, exp_avg_diff = (np.zeros_like(p) for _ in range(3))
+  p = _params(p0)
+  exp_avg, exp_avg_diff = np.zeros_like(p), np.zeros_like(p)
+  exp_avg_sq = np.zeros(p.shape)
   neg_pre_grad = None
   momentum_step = 0
   out = []
@@ -224,7 +239,7 @@ def reference_adan(
     momentum_step += 1
     grad = grad_fn(p)
     if max_grad_norm > 0:
-      clip = min(max_grad_norm / (np.sqrt(np.sum(grad**2)) + eps), 1.0)
+      clip = min(max_grad_norm / (np.sqrt(np.sum(_abs_sq(grad))) + eps), 1.0)
     else:
       clip = 1.0
     bias_correction1 = 1.0 - beta1**momentum_step
@@ -237,7 +252,7 @@ def reference_adan(
     exp_avg = exp_avg * beta1 + grad * (1 - beta1)
     exp_avg_diff = exp_avg_diff * beta2 + neg_grad_or_diff * (1 - beta2)
     neg_grad_or_diff = neg_grad_or_diff * coef + grad
-    exp_avg_sq = exp_avg_sq * beta3 + neg_grad_or_diff**2 * (1 - beta3)
+    exp_avg_sq = exp_avg_sq * beta3 + _abs_sq(neg_grad_or_diff) * (1 - beta3)
     denom = np.sqrt(exp_avg_sq) / np.sqrt(bias_correction3) + eps
     step_size_diff = lr * coef / bias_correction2
     step_size = lr / bias_correction1

@@ -1,6 +1,7 @@
 """Nesterov's acceleration on ill-conditioned quadratics, against theory.
 
-Iteration counts of nag_optax must match a NumPy textbook NAG (within +-2),
+Iteration counts of nag_optax must match a NumPy textbook NAG exactly (both
+run the same recurrence in float64),
 and the speed-up over gradient descent must grow like sqrt(kappa).
 """
 
@@ -9,8 +10,10 @@ import pytest
 
 import nag_optax
 from nag_optax import momentum_schedules
+from tests import harness
 from tests import numpy_reference as ref
-from tests import quadratic_runs
+
+pytestmark = pytest.mark.usefixtures("x64")
 
 KAPPAS = (10, 100, 1000, 10000)
 
@@ -53,9 +56,9 @@ CASES = {
 def test_iterations_match_numpy_textbook_nag(case, kappa):
   make, mu, steps = CASES[case]
   expected = ref.nag_count(kappa, 1e-6, lambda t: mu(t, kappa))
-  ours, _ = quadratic_runs.count(make(kappa), kappa, 1e-6, steps)
+  ours, _ = harness.count(make(kappa), kappa, 1e-6, steps)
   assert expected is not None and ours is not None
-  assert abs(ours - expected) <= 2, (ours, expected)
+  assert ours == expected, (ours, expected)
 
 
 def test_speedup_over_gradient_descent_grows_like_sqrt_kappa():
@@ -63,7 +66,7 @@ def test_speedup_over_gradient_descent_grows_like_sqrt_kappa():
   gd = np.array([ref.gradient_descent_count(k, tol) for k in KAPPAS], float)
   nag = np.array(
     [
-      quadratic_runs.count(
+      harness.count(
         nag_optax.nesterov(1.0, momentum_schedules.strongly_convex(k)),
         k,
         tol,

@@ -16,6 +16,7 @@ import optax
 import pytest
 
 import nag_optax
+from tests import harness
 
 # Exports that are not optimizer factories (states, modules, utilities,
 # wrappers of another optimizer, which have their own tests).
@@ -113,17 +114,7 @@ def _rosenbrock(params):
 
 
 def _minimize(tx, loss, params, steps):
-  @jax.jit
-  def run(params):
-    def step(carry, _):
-      params, state = carry
-      value, grads = jax.value_and_grad(loss)(params)
-      updates, state = tx.update(grads, state, params, value=value)
-      return (optax.apply_updates(params, updates), state), None
-
-    return jax.lax.scan(step, (params, tx.init(params)), length=steps)[0][0]
-
-  return run(params)
+  return harness.run(tx, params, steps, loss=loss)[1]
 
 
 @pytest.mark.parametrize("name,factory,variant", REGISTRY)
@@ -190,17 +181,18 @@ def test_same_result_under_inject_hyperparams(name, factory, variant):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
 @pytest.mark.parametrize("name,factory,variant", REGISTRY)
-def test_updates_keep_the_gradient_dtype(name, factory, variant, dtype):
-  with jax.enable_x64(dtype == "float64"):
-    tx = _make(name, factory, variant, 0.1)
-    params, grads = _one_step_inputs(dtype)
-    state = tx.init(params)
-    for _ in range(2):
-      updates, state = tx.update(grads, state, params, value=jnp.float32(1.0))
-      params = optax.apply_updates(params, updates)
-    for leaf in jax.tree.leaves(updates):
-      assert leaf.dtype == jnp.dtype(dtype)
-      assert bool(jnp.all(jnp.isfinite(leaf)))
+def test_updates_keep_the_gradient_dtype(name, factory, variant, dtype, request):
+  if dtype == "float64":
+    request.getfixturevalue("x64")
+  tx = _make(name, factory, variant, 0.1)
+  params, grads = _one_step_inputs(dtype)
+  state = tx.init(params)
+  for _ in range(2):
+    updates, state = tx.update(grads, state, params, value=jnp.float32(1.0))
+    params = optax.apply_updates(params, updates)
+  for leaf in jax.tree.leaves(updates):
+    assert leaf.dtype == jnp.dtype(dtype)
+    assert bool(jnp.all(jnp.isfinite(leaf)))
 
 
 @pytest.mark.parametrize("name,factory,variant", REGISTRY)
@@ -255,3 +247,67 @@ def test_zero_updates_on_multisteps_micro_steps(name, factory, variant):
       assert norm == 0.0
     else:
       assert norm > 0.0
+
+
+def _factory_with_lr(name, factory, lr, kwargs, *, inject=False):
+  """The optimizer itself (no chain), optionally under inject_hyperparams."""
+  if inject:
+    factory = optax.inject_hyperparams(factory)
+  if name.startswith("scale_by_"):
+    return factory(**kwargs)
+  return factory(learning_rate=lr, **kwargs)
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_same_state_structure_under_inject_hyperparams(name, factory, variant):
+  """inject_hyperparams turns every number into an array, weight_decay=0.0
+  included: the inner state must not change structure for that."""
+  params, _ = _one_step_inputs()
+  decays = [{}]
+  if "weight_decay" in inspect.signature(factory).parameters:
+    decays += [{"weight_decay": 0.0}, {"weight_decay": 1e-3}]
+  structures = set()
+  for decay in decays:
+    kwargs = {**variant, **decay}
+    plain = _factory_with_lr(name, factory, 0.1, kwargs)
+    injected = _factory_with_lr(name, factory, 0.1, kwargs, inject=True)
+    structures.add(jax.tree.structure(plain.init(params)))
+    structures.add(jax.tree.structure(injected.init(params).inner_state))
+  assert len(structures) == 1, structures
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_refuses_a_non_float_accumulator_dtype(name, factory, variant):
+  if "accumulator_dtype" not in inspect.signature(factory).parameters:
+    pytest.skip(f"{name} has no accumulator_dtype")
+  for bad in (jnp.int32, jnp.bool_, "complex64"):
+    with pytest.raises(ValueError, match="accumulator_dtype must be a float dtype"):
+      _make(name, factory, {**variant, "accumulator_dtype": bad}, 0.1)
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_swapped_update_arguments_are_named(name, factory, variant):
+  tx = _factory_with_lr(name, factory, 0.1, variant)
+  params, grads = _one_step_inputs()
+  state = tx.init(params)
+  value = jnp.float32(1.0)
+  swapped = "state argument of update is a .*are the arguments swapped"
+  with pytest.raises(ValueError, match=swapped):
+    tx.update(grads, params, state, value=value)
+  with pytest.raises(ValueError, match=swapped):
+    tx.update(state, grads, value=value)
+
+
+@pytest.mark.parametrize("name,factory,variant", REGISTRY)
+def test_mismatched_params_are_named(name, factory, variant):
+  """Also where the optimizer does not otherwise read the params."""
+  tx = _factory_with_lr(name, factory, 0.1, variant)
+  params, grads = _one_step_inputs()
+  state = tx.init(params)
+  value = jnp.float32(1.0)
+  with pytest.raises(ValueError, match="params tree does not match the gradient"):
+    tx.update(grads, state, {"w": params["w"]}, value=value)
+  with pytest.raises(ValueError, match=r"params leaf at \['b'\] has shape \(3,\)"):
+    tx.update(grads, state, {**params, "b": jnp.zeros(3)}, value=value)
+  with pytest.raises(ValueError, match="gradient tree does not match"):
+    tx.update({"w": grads["w"]}, state, value=value)

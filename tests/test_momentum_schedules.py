@@ -29,17 +29,17 @@ def test_accelerated():
   np.testing.assert_allclose(_values(ms.accelerated()), expected, rtol=1e-6)
 
 
+@pytest.mark.usefixtures("x64")
 def test_fista_exact_and_beyond_its_table():
-  with jax.enable_x64(True):
-    t = _fista_reference(30_000)
-    counts = np.array([1, 2, 3, 10, 999, 1000, 1001, 5000, 29_999])
-    expected = (t[counts] - 1) / t[counts + 1]
-    # Inside the table: exact; beyond 1000 entries: the asymptotic expansion.
-    np.testing.assert_allclose(_values(ms.fista(), counts), expected, atol=1e-14)
-    np.testing.assert_allclose(
-      _values(ms.fista(num_steps=1000), counts), expected, atol=1e-9
-    )
-    assert float(ms.fista()(0)) == 0.0
+  t = _fista_reference(30_000)
+  counts = np.array([1, 2, 3, 10, 999, 1000, 1001, 5000, 29_999])
+  expected = (t[counts] - 1) / t[counts + 1]
+  # Inside the table: exact; beyond 1000 entries: the asymptotic expansion.
+  np.testing.assert_allclose(_values(ms.fista(), counts), expected, atol=1e-14)
+  np.testing.assert_allclose(
+    _values(ms.fista(num_steps=1000), counts), expected, atol=1e-9
+  )
+  assert float(ms.fista()(0)) == 0.0
 
 
 def test_strongly_convex():

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import nag_optax
+from nag_optax import _substate
 
 # A small linear regression: 64 examples, 5 features, 2 outputs.
 _RNG = np.random.default_rng(0)
@@ -227,3 +228,57 @@ def test_pmap_with_averaged_gradients_equals_one_device_on_the_full_batch():
   chex.assert_trees_all_close(
     jax.tree.map(lambda x: x[0], params), full, rtol=1e-5, atol=1e-6
   )
+
+
+def test_the_units_of_lookahead_are_a_field_of_one_state_class():
+  assert nag_optax.NesterovState is nag_optax.ScaleByNesterovState
+  full = nag_optax.nesterov(0.1, 0.9).init(PARAMS)
+  bare = nag_optax.scale_by_nesterov(0.9).init(PARAMS)
+  assert type(full) is type(bare)
+  assert bool(full.lookahead_includes_lr) and not bool(bare.lookahead_includes_lr)
+
+
+def test_eval_params_inside_jit_reads_the_units_from_the_state():
+  """Under jit the state is traced: the field decides in the graph."""
+  lr = 0.1
+  bare = optax.chain(nag_optax.scale_by_nesterov(0.9), optax.scale(-lr))
+  theta = jax.jit(nag_optax.nesterov_eval_params)
+  for tx, kwargs in [
+    (nag_optax.nesterov(lr, 0.9), {}),
+    (bare, {"learning_rate": lr}),
+  ]:
+    params, state = _train(tx, 3)
+    expected = nag_optax.nesterov_eval_params(state, params, **kwargs)  # eager
+    chex.assert_trees_all_close(theta(state, params, **kwargs), expected)
+    # theta = params + lr mu m for the "pytorch" form
+    inner = _substate.find_one(
+      state, nag_optax.ScaleByNesterovState, caller="test", what="Nesterov"
+    )
+    chex.assert_trees_all_close(
+      expected,
+      jax.tree.map(lambda p, m: p + lr * 0.9 * m, params, inner.trace),
+      rtol=1e-6,
+    )
+  params, state = _train(bare, 3)
+  missing = theta(state, params)  # cannot raise inside jit: NaN says it
+  assert all(bool(jnp.all(jnp.isnan(x))) for x in jax.tree.leaves(missing))
+
+
+@pytest.mark.parametrize(
+  "wrap",
+  [
+    lambda tx: tx,
+    lambda tx: optax.chain(optax.clip(1.0), tx),
+    lambda tx: optax.MultiSteps(tx, every_k_schedule=2),
+    lambda tx: optax.apply_if_finite(tx, 3),
+    lambda tx: optax.masked(tx, {"w": True, "b": True}),
+    lambda tx: nag_optax.accumulate_gradients(tx, 2),
+  ],
+  ids=["bare", "chain", "MultiSteps", "apply_if_finite", "masked", "accumulate"],
+)
+def test_the_nesterov_state_is_found_inside_every_wrapper(wrap):
+  state = wrap(nag_optax.nesterov(0.1, 0.9)).init(PARAMS)
+  (found,) = _substate.find_all(state, nag_optax.NesterovState)
+  assert found.trace.keys() == PARAMS.keys()
+  theta = nag_optax.nesterov_eval_params(state, PARAMS)
+  chex.assert_trees_all_equal(theta, PARAMS)  # no momentum yet

@@ -1,6 +1,6 @@
 """Trajectory parity of nag_optax.nesterov with published update rules.
 
-Run in float64 (jax.enable_x64) against the NumPy transcriptions in
+Run in float64 (the x64 fixture) against the NumPy transcriptions in
 numpy_reference.py, so agreement is to rounding (about 1e-15), not to float32.
 """
 
@@ -14,45 +14,17 @@ import pytest
 
 import nag_optax
 from nag_optax import momentum_schedules
+from tests import harness
 from tests import numpy_reference as ref
+from tests.harness import P0
+from tests.harness import STEPS
+from tests.harness import TIGHT
+from tests.harness import grad_jnp
+from tests.harness import grad_np
+from tests.harness import max_dev
+from tests.harness import trajectory
 
-STEPS = 40
-TIGHT = 1e-12  # float64 agreement of two transcriptions of the same rule
-_A = np.random.default_rng(0).normal(size=(6, 6)) / 3.0
-_HESSIAN = _A @ _A.T + 0.1 * np.eye(6)
-_P0 = np.linspace(-1.0, 1.5, 6)
-
-
-def _grad_np(p):
-  """Gradient of 1/2 p'Hp + sum cos(p): a non-quadratic smooth test function."""
-  return _HESSIAN @ p - np.sin(p)
-
-
-def _grad_jnp(p):
-  return jnp.asarray(_HESSIAN) @ p - jnp.sin(p)
-
-
-def _run(tx, steps=STEPS, grad=_grad_jnp, p0=_P0):
-  """Params after each step of tx, float64, one jitted scan."""
-
-  @jax.jit
-  def trajectory(p):
-    def step(carry, _):
-      p, state = carry
-      updates, state = tx.update(grad(p), state, p)
-      p = optax.apply_updates(p, updates)
-      return (p, state), p
-
-    (_, state), ps = jax.lax.scan(step, (p, tx.init(p)), length=steps)
-    return ps, state
-
-  return trajectory(jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), p0))
-
-
-@pytest.fixture(autouse=True)
-def _x64():
-  with jax.enable_x64(True):
-    yield
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def _linear_f64(init, end, steps):
@@ -71,10 +43,6 @@ def _as_numpy(schedule):
   return lambda t: float(schedule(t))
 
 
-def _max_dev(ours, theirs):
-  return float(np.max(np.abs(np.asarray(ours) - np.asarray(theirs))))
-
-
 @pytest.mark.parametrize(
   "momentum,dampening,weight_decay",
   [
@@ -89,29 +57,29 @@ def test_pytorch_form_matches_torch_sgd_transcription(
   momentum, dampening, weight_decay
 ):
   lr = lambda t: 0.05
-  ours, _ = _run(
+  ours, _ = trajectory(
     nag_optax.nesterov(0.05, momentum, dampening=dampening, weight_decay=weight_decay)
   )
-  theirs = ref.torch_sgd(_P0, _grad_np, STEPS, lr, momentum, dampening, weight_decay)
-  assert _max_dev(ours, theirs) < TIGHT
+  theirs = ref.torch_sgd(P0, grad_np, STEPS, lr, momentum, dampening, weight_decay)
+  assert max_dev(ours, theirs) < TIGHT
 
 
 def test_pytorch_form_matches_torch_sgd_with_lr_schedule():
   schedule = _linear_f64(0.08, 0.01, STEPS)
-  ours, _ = _run(nag_optax.nesterov(schedule, 0.9, weight_decay=0.02))
-  theirs = ref.torch_sgd(_P0, _grad_np, STEPS, _as_numpy(schedule), 0.9, 0.0, 0.02)
-  assert _max_dev(ours, theirs) < TIGHT
+  ours, _ = trajectory(nag_optax.nesterov(schedule, 0.9, weight_decay=0.02))
+  theirs = ref.torch_sgd(P0, grad_np, STEPS, _as_numpy(schedule), 0.9, 0.0, 0.02)
+  assert max_dev(ours, theirs) < TIGHT
 
 
 def test_pytorch_form_without_decay_is_optax_sgd_exactly():
-  ours, _ = _run(nag_optax.nesterov(0.05, 0.9))
-  theirs, _ = _run(optax.sgd(0.05, 0.9, nesterov=True))
+  ours, _ = trajectory(nag_optax.nesterov(0.05, 0.9))
+  theirs, _ = trajectory(optax.sgd(0.05, 0.9, nesterov=True))
   np.testing.assert_array_equal(ours, theirs)
 
 
 def test_sutskever_form_matches_keras_sgd_with_decaying_lr():
   schedule = _exponential_f64(0.08, 0.95)
-  ours, _ = _run(
+  ours, _ = trajectory(
     nag_optax.nesterov(
       schedule,
       0.9,
@@ -120,59 +88,59 @@ def test_sutskever_form_matches_keras_sgd_with_decaying_lr():
       decoupled_weight_decay=True,
     )
   )
-  theirs = ref.keras_sgd(_P0, _grad_np, STEPS, _as_numpy(schedule), 0.9, 0.01)
-  assert _max_dev(ours, theirs) < TIGHT
+  theirs = ref.keras_sgd(P0, grad_np, STEPS, _as_numpy(schedule), 0.9, 0.01)
+  assert max_dev(ours, theirs) < TIGHT
 
 
 def test_forms_agree_for_constant_lr_and_differ_under_a_schedule():
-  pytorch, _ = _run(nag_optax.nesterov(0.05, 0.9))
-  sutskever, _ = _run(nag_optax.nesterov(0.05, 0.9, form="sutskever"))
-  assert _max_dev(pytorch, sutskever) < TIGHT
+  pytorch, _ = trajectory(nag_optax.nesterov(0.05, 0.9))
+  sutskever, _ = trajectory(nag_optax.nesterov(0.05, 0.9, form="sutskever"))
+  assert max_dev(pytorch, sutskever) < TIGHT
   schedule = _exponential_f64(0.08, 0.9)
-  pytorch, _ = _run(nag_optax.nesterov(schedule, 0.9))
-  sutskever, _ = _run(nag_optax.nesterov(schedule, 0.9, form="sutskever"))
-  assert _max_dev(pytorch, sutskever) > 1e-3
+  pytorch, _ = trajectory(nag_optax.nesterov(schedule, 0.9))
+  sutskever, _ = trajectory(nag_optax.nesterov(schedule, 0.9, form="sutskever"))
+  assert max_dev(pytorch, sutskever) > 1e-3
 
 
 def test_decoupled_weight_decay_is_sgdw():
   """SGDW (Loshchilov and Hutter 2019, alg. 1, nesterov): p -= lr (d + wd p)."""
   lr, mu, wd = 0.05, 0.9, 0.1
-  p, buf = _P0.copy(), np.zeros_like(_P0)
+  p, buf = P0.copy(), np.zeros_like(P0)
   theirs = []
   for _ in range(STEPS):
-    g = _grad_np(p)
+    g = grad_np(p)
     buf = mu * buf + g
     p = p - lr * (g + mu * buf) - lr * wd * p
     theirs.append(p)
-  ours, _ = _run(
+  ours, _ = trajectory(
     nag_optax.nesterov(lr, mu, weight_decay=wd, decoupled_weight_decay=True)
   )
-  assert _max_dev(ours, theirs) < TIGHT
+  assert max_dev(ours, theirs) < TIGHT
 
 
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_weight_decay_mask_leaves_masked_leaves_undecayed(decoupled):
-  grad = lambda p: {"w": _grad_jnp(p["w"]), "b": _grad_jnp(p["b"])}
-  p0 = {"w": _P0, "b": _P0[::-1].copy()}
+  grad = lambda p: {"w": grad_jnp(p["w"]), "b": grad_jnp(p["b"])}
+  p0 = {"w": P0, "b": P0[::-1].copy()}
   kwargs = dict(weight_decay=0.1, decoupled_weight_decay=decoupled)
-  masked, _ = _run(
+  masked, _ = trajectory(
     nag_optax.nesterov(0.05, weight_decay_mask={"w": True, "b": False}, **kwargs),
     grad=grad,
     p0=p0,
   )
-  decayed, _ = _run(nag_optax.nesterov(0.05, **kwargs), grad=grad, p0=p0)
-  plain, _ = _run(nag_optax.nesterov(0.05), grad=grad, p0=p0)
-  assert _max_dev(masked["w"], decayed["w"]) < TIGHT
-  assert _max_dev(masked["b"], plain["b"]) < TIGHT
-  assert _max_dev(masked["b"], decayed["b"]) > 1e-3
-  callable_mask, _ = _run(
+  decayed, _ = trajectory(nag_optax.nesterov(0.05, **kwargs), grad=grad, p0=p0)
+  plain, _ = trajectory(nag_optax.nesterov(0.05), grad=grad, p0=p0)
+  assert max_dev(masked["w"], decayed["w"]) < TIGHT
+  assert max_dev(masked["b"], plain["b"]) < TIGHT
+  assert max_dev(masked["b"], decayed["b"]) > 1e-3
+  callable_mask, _ = trajectory(
     nag_optax.nesterov(
       0.05, weight_decay_mask=lambda p: {"w": True, "b": False}, **kwargs
     ),
     grad=grad,
     p0=p0,
   )
-  assert _max_dev(callable_mask["b"], masked["b"]) == 0
+  assert max_dev(callable_mask["b"], masked["b"]) == 0
 
 
 SCHEDULES = {
@@ -195,57 +163,48 @@ def test_eval_params_recover_textbook_nag(form, schedule_name):
   tx = nag_optax.nesterov(lr, momentum, form=form)
   eval_theta = jax.jit(jax.vmap(nag_optax.nesterov_eval_params))
 
-  ours, _ = _run(tx)
-  textbook = ref.textbook_nag(_P0, _grad_np, STEPS, lambda t: lr, mu_np)
+  ours, _ = trajectory(tx)
+  textbook = ref.textbook_nag(P0, grad_np, STEPS, lambda t: lr, mu_np)
   lookahead = np.stack([la for _, la in textbook])
   theta = np.stack([th for th, _ in textbook])
-  assert _max_dev(ours, lookahead) < TIGHT
+  assert max_dev(ours, lookahead) < TIGHT
 
   # Rebuild the state after every step to map each Theta_t to theta_t.
   states = _states_along(tx)
-  assert _max_dev(eval_theta(states, ours), theta) < TIGHT
+  assert max_dev(eval_theta(states, ours), theta) < TIGHT
 
 
 def test_sutskever_form_is_exact_nag_under_lr_schedule_and_pytorch_is_not():
   schedule = _exponential_f64(0.08, 0.93)
   eps = _as_numpy(schedule)
-  textbook = ref.textbook_nag(_P0, _grad_np, STEPS, eps, lambda t: 0.9)
+  textbook = ref.textbook_nag(P0, grad_np, STEPS, eps, lambda t: 0.9)
   lookahead = np.stack([la for _, la in textbook])
-  sutskever, _ = _run(nag_optax.nesterov(schedule, 0.9, form="sutskever"))
-  pytorch, _ = _run(nag_optax.nesterov(schedule, 0.9))
-  assert _max_dev(sutskever, lookahead) < TIGHT
-  assert _max_dev(pytorch, lookahead) > 1e-3
+  sutskever, _ = trajectory(nag_optax.nesterov(schedule, 0.9, form="sutskever"))
+  pytorch, _ = trajectory(nag_optax.nesterov(schedule, 0.9))
+  assert max_dev(sutskever, lookahead) < TIGHT
+  assert max_dev(pytorch, lookahead) > 1e-3
 
 
 def _states_along(tx, steps=STEPS):
-  @jax.jit
-  def states(p):
-    def step(carry, _):
-      p, state = carry
-      updates, state = tx.update(_grad_jnp(p), state, p)
-      return (optax.apply_updates(p, updates), state), state
-
-    return jax.lax.scan(step, (p, tx.init(p)), length=steps)[1]
-
-  return states(jnp.asarray(_P0, jnp.float64))
+  return harness.run(tx, P0, steps, grad=grad_jnp, record=lambda p, state: state)[0]
 
 
 def test_eval_params_for_bare_scale_by_nesterov_needs_the_learning_rate():
   tx = optax.chain(nag_optax.scale_by_nesterov(0.9), optax.scale_by_learning_rate(0.05))
-  ours, state = _run(tx)
-  textbook = ref.textbook_nag(_P0, _grad_np, STEPS, lambda t: 0.05, lambda t: 0.9)
+  ours, state = trajectory(tx)
+  textbook = ref.textbook_nag(P0, grad_np, STEPS, lambda t: 0.05, lambda t: 0.9)
   theta = textbook[-1][0]
   with pytest.raises(ValueError, match="pass learning_rate"):
     nag_optax.nesterov_eval_params(state, ours[-1])
   recovered = nag_optax.nesterov_eval_params(state, ours[-1], learning_rate=0.05)
-  assert _max_dev(recovered, theta) < TIGHT
+  assert max_dev(recovered, theta) < TIGHT
 
 
 def test_scale_by_nesterov_matches_optax_trace():
-  ours, _ = _run(
+  ours, _ = trajectory(
     optax.chain(nag_optax.scale_by_nesterov(0.8), optax.scale_by_learning_rate(0.05))
   )
-  theirs, _ = _run(
+  theirs, _ = trajectory(
     optax.chain(optax.trace(0.8, nesterov=True), optax.scale_by_learning_rate(0.05))
   )
   np.testing.assert_array_equal(ours, theirs)
@@ -259,8 +218,8 @@ def _torch():
 @pytest.mark.parametrize("momentum,weight_decay", [(0.9, 0.0), (0.8, 0.03)])
 def test_pytorch_form_matches_torch_itself(momentum, weight_decay):
   torch = _torch()
-  hessian = torch.tensor(_HESSIAN, dtype=torch.float64)
-  p = torch.tensor(_P0, dtype=torch.float64, requires_grad=True)
+  hessian = torch.tensor(harness.HESSIAN, dtype=torch.float64)
+  p = torch.tensor(P0, dtype=torch.float64, requires_grad=True)
   opt = torch.optim.SGD(
     [p], lr=0.08, momentum=momentum, weight_decay=weight_decay, nesterov=True
   )
@@ -274,5 +233,5 @@ def test_pytorch_form_matches_torch_itself(momentum, weight_decay):
     sched.step()
     theirs.append(p.detach().numpy().copy())
   lr = _exponential_f64(0.08, 0.97)
-  ours, _ = _run(nag_optax.nesterov(lr, momentum, weight_decay=weight_decay))
-  assert _max_dev(ours, theirs) < TIGHT
+  ours, _ = trajectory(nag_optax.nesterov(lr, momentum, weight_decay=weight_decay))
+  assert max_dev(ours, theirs) < TIGHT

@@ -10,6 +10,7 @@ import pytest
 
 import nag_optax
 from nag_optax import _precision
+from tests import harness
 
 WIDTH = 512  # elements averaged when checking the stored momentum
 
@@ -17,16 +18,7 @@ WIDTH = 512  # elements averaged when checking the stored momentum
 def _trace_after_constant_gradient(momentum, dtype, steps, **kwargs):
   tx = nag_optax.scale_by_nesterov(momentum, accumulator_dtype=dtype, **kwargs)
   params = jnp.zeros(WIDTH, jnp.float32)
-
-  @jax.jit
-  def run(state):
-    def step(state, _):
-      _, state = tx.update(jnp.ones(WIDTH, jnp.float32), state)
-      return state, None
-
-    return jax.lax.scan(step, state, length=steps)[0]
-
-  state = run(tx.init(params))
+  _, _, state = harness.run(tx, params, steps, grad=jnp.ones_like)
   assert state.trace.dtype == jnp.dtype(dtype)
   return np.asarray(state.trace, np.float64)
 
@@ -145,3 +137,17 @@ def test_eval_params_stay_exact_with_a_bfloat16_buffer(stochastic_rounding):
       new_theta - theta, -lr * (mu * stored + grads), rtol=1e-5, atol=1e-6
     )
     theta = new_theta
+
+
+def test_nadam_keeps_the_running_product_in_float32_for_bf16_params():
+  tx = nag_optax.nadam(1e-3, momentum_decay=0.5)
+  params = jnp.ones(4, jnp.bfloat16)
+  state = tx.init(params)
+  for _ in range(5):
+    updates, state = tx.update(params, state, params)
+  assert isinstance(state, nag_optax.ScaleByNadamState)
+  assert state.mu_product.dtype == jnp.float32
+  assert updates.dtype == jnp.bfloat16
+  t = np.arange(1, 6)
+  expected = np.prod(0.9 * (1 - 0.5 * 0.96 ** (t * 0.5)))
+  np.testing.assert_allclose(float(state.mu_product), expected, rtol=1e-6)
