@@ -3,42 +3,43 @@
 Three measurements, all on CPU with 8 forced host devices (set below, before
 JAX is imported):
 
-1. Time per accumulation cycle (k micro-batches, k = 4 and 8) of a pmapped
-   data-parallel step on 8 devices, for an MLP of 0.40M and of 2.77M
-   parameters (16 rows per device per micro-batch): the usual "pmean the
-   gradients every micro-step, then ``optax.MultiSteps``" (baseline) against
-   ``nag_optax.accumulate_gradients(..., axis_name=...)``, which runs the inner
-   update and the cross-device mean only on the emitted step. Both through
-   ``nag_optax.parallel.pmap_data_parallel`` with the same inner optimizer
-   (``nag_optax.nesterov``), donation on; with ``accumulate_gradients`` that
-   step applies the update inside the emitting branch (micro-steps leave the
-   parameters alone). The same with ``shard_map_data_parallel``
-   (jit(shard_map), no pmap). At k = 4 also: the pmap step with the optimizer
-   inside ``optax.chain``, which the step can only update and then apply
-   (under a conditional), to show what the fused application saves; and the
-   jit + NamedSharding path (compiler all-reduce every micro-step),
-   replicated and ZeRO-1, is timed too, for reference.
+1. Time per optimizer step of k micro-batches (k = 4 and 8; 16 rows per
+   device per micro-batch) of an MLP of 0.40M and of 2.77M parameters, on
+   each path of ``nag_optax.parallel`` (pmap; shard_map; jit; jit with
+   ZeRO-1 state), for three ways to accumulate: the usual "pmean the
+   gradients every micro-step, then ``optax.MultiSteps``" (k calls; on the
+   pmap path, the baseline of every ratio), ``nag_optax.accumulate_gradients``
+   passed as the optimizer (k calls, one reduction on the emitting call) and
+   ``micro_batches=k`` (one call, a ``lax.scan`` over the micro-batches, one
+   reduction). The inner optimizer is ``nag_optax.nesterov`` throughout,
+   params and state donated. For each, the bytes that collectives move per
+   optimizer step, read from the compiled program (a collective in the
+   emitting branch counts once, elsewhere once per call).
 2. Single-device cost of one micro-step (jitted ``update`` +
    ``optax.apply_updates``, params and state donated) on a tree of 200 float32
    leaves totalling 10M parameters, ``optax.MultiSteps`` against
    ``accumulate_gradients`` (every_k large, so every timed call is a
    micro-step); and of a whole k = 4 cycle.
-3. Optimizer-state bytes per device for the 2.77M model, replicated against
-   ZeRO-1 (``jit_data_parallel(..., zero1=True)``).
+3. Optimizer-state bytes per device for the 2.77M model on each path.
 
-Targets: >= 1.8x faster per cycle on 8 CPU devices; micro-step <= 0.6x
-optax.MultiSteps; ZeRO-1 state 1/n per device.
+Targets: in-step accumulation >= 2x the baseline at k = 4 on both models and
+no slower than per-call accumulation; the jit ZeRO-1 path >= 1.8x the
+baseline with 1/8 of the state per device; micro-step <= 0.6x
+optax.MultiSteps.
 
-    python benchmarks/accumulation.py            # full run, a few minutes
+    python benchmarks/accumulation.py            # full run, several minutes
     python benchmarks/accumulation.py --quick    # smoke run
 """
 
 import os
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Run as a script: 8 CPU devices, set before JAX starts. Imported (by
+# gpu_suite.py): the machine's own devices.
+if __name__ == "__main__":
+  _FLAG = "--xla_force_host_platform_device_count=8"
+  if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -56,6 +57,7 @@ except ImportError:  # run as `python benchmarks/accumulation.py`
 
 import nag_optax  # noqa: E402
 from nag_optax import parallel  # noqa: E402
+from tests import hlo_collectives  # noqa: E402
 
 N_DEVICES = 8
 ROWS_PER_DEVICE = 16
@@ -99,19 +101,66 @@ def inner():
   return nag_optax.nesterov(LEARNING_RATE, MOMENTUM)
 
 
-def cycle_candidate(name, dp, params, k):
-  """A candidate whose step runs one accumulation cycle (k calls)."""
-  batch = dp.shard_batch(host_batch(N_DEVICES * ROWS_PER_DEVICE))
+PATHS = ("pmap", "shard_map", "jit", "jit ZeRO-1")
+VARIANTS = (
+  "pmean every micro-step + optax.MultiSteps",
+  "accumulate_gradients",
+  "micro_batches",
+)
+BASELINE = ("pmap", VARIANTS[0])
 
-  def cycle(state):
-    for _ in range(k):
+
+def data_parallel(path, variant, k):
+  """The path's step for one way of accumulating k micro-batches."""
+  micro_batches = k if variant == "micro_batches" else 1
+  if variant == VARIANTS[0]:
+    tx = optax.MultiSteps(inner(), k)
+  elif variant == "accumulate_gradients":
+    tx = nag_optax.accumulate_gradients(inner(), k)
+  else:
+    tx = inner()
+  if path == "pmap":
+    return parallel.pmap_data_parallel(loss_fn, tx, micro_batches=micro_batches)
+  build = (
+    parallel.shard_map_data_parallel
+    if path == "shard_map"
+    else parallel.jit_data_parallel
+  )
+  return build(
+    loss_fn,
+    tx,
+    parallel.data_mesh(),
+    micro_batches=micro_batches,
+    zero1=path == "jit ZeRO-1",
+  )
+
+
+def step_candidate(path, variant, params, k, rows_per_device=ROWS_PER_DEVICE):
+  """A candidate whose step is one optimizer step: k calls of one
+  micro-batch, or one call of k micro-batches; and the bytes its
+  collectives move per optimizer step."""
+  dp = data_parallel(path, variant, k)
+  calls = 1 if variant == "micro_batches" else k
+  n = jax.device_count()
+  batch = dp.shard_batch(host_batch(n * rows_per_device * (k // calls)))
+
+  def step(state):
+    for _ in range(calls):
       state, _ = dp.step(state, batch)
     return state
 
-  return _common.Candidate(name, cycle, dp.init(params))
+  state = dp.init(params)
+  found = hlo_collectives.collectives(dp.step.lower(state, batch).compile().as_text())
+  # A collective in the emitting branch (1) runs once per optimizer step,
+  # one in the pass-through branch (0) on the other calls, any other on all.
+  runs = {1: 1, 0: calls - 1, None: calls}
+  moved = sum(
+    c.nbytes * (n if c.op == "reduce-scatter" else 1) * runs[c.branch] for c in found
+  )
+  return _common.Candidate(f"{path} / {variant}", step, state), moved
 
 
-def bench_cycles(quick):
+def bench_steps(quick):
   rows = []
   raw = {}
   ks = (4,) if quick else (4, 8)
@@ -120,62 +169,11 @@ def bench_cycles(quick):
       continue
     params = mlp_params(hidden)
     for k in ks:
-      cands = [
-        cycle_candidate(
-          "pmean every micro-step + optax.MultiSteps",
-          parallel.pmap_data_parallel(loss_fn, optax.MultiSteps(inner(), k)),
-          params,
-          k,
-        ),
-        cycle_candidate(
-          "nag_optax.accumulate_gradients (pmean on emit)",
-          parallel.pmap_data_parallel(
-            loss_fn,
-            nag_optax.accumulate_gradients(inner(), k, axis_name="batch"),
-            reduce_gradients=False,
-          ),
-          params,
-          k,
-        ),
-        cycle_candidate(
-          "same, jit(shard_map)",
-          parallel.shard_map_data_parallel(
-            loss_fn,
-            nag_optax.accumulate_gradients(inner(), k, axis_name="data"),
-            reduce_gradients=False,
-          ),
-          params,
-          k,
-        ),
-      ]
-      if k == 4:
-        cands.insert(
-          2,
-          cycle_candidate(
-            "same, inside optax.chain (update, then apply)",
-            parallel.pmap_data_parallel(
-              loss_fn,
-              optax.chain(
-                nag_optax.accumulate_gradients(inner(), k, axis_name="batch")
-              ),
-              reduce_gradients=False,
-            ),
-            params,
-            k,
-          ),
-        )
-        mesh = parallel.data_mesh()
-        for zero1 in (False, True):
-          cands.append(
-            cycle_candidate(
-              f"jit NamedSharding{' ZeRO-1' if zero1 else ''} + accumulate_gradients",
-              parallel.jit_data_parallel(
-                loss_fn, nag_optax.accumulate_gradients(inner(), k), mesh, zero1=zero1
-              ),
-              params,
-              k,
-            )
-          )
+      cands, moved = [], {}
+      for path in PATHS:
+        for variant in VARIANTS:
+          cand, moved[cand.name] = step_candidate(path, variant, params, k)
+          cands.append(cand)
       big = model != "0.40M"
       times = _common.interleaved(
         cands,
@@ -185,12 +183,16 @@ def bench_cycles(quick):
       )
       for c in cands:
         c.release()
-      base = statistics.median(times[cands[0].name])
+      base = statistics.median(times[" / ".join(BASELINE)])
       for name, ts in times.items():
         med = statistics.median(ts)
-        rows.append([model, k, name, med * 1e3, base / med])
+        path, variant = name.split(" / ")
+        rows.append(
+          [model, k, path, variant, med * 1e3, base / med, moved[name] / 2**20]
+        )
       raw[f"{model}/k={k}"] = {
-        name: _common.summarize(ts) | {"times_s": ts} for name, ts in times.items()
+        name: _common.summarize(ts) | {"times_s": ts, "collective_bytes": moved[name]}
+        for name, ts in times.items()
       }
   return rows, raw
 
@@ -283,30 +285,23 @@ def bytes_per_device(tree):
 
 
 def bench_state_bytes():
+  """Optimizer-state bytes on the most loaded device, per path and variant."""
   params = mlp_params(MODELS["2.77M"])
-  out = {}
-  tx = nag_optax.accumulate_gradients(inner(), 4, axis_name="batch")
-  state = parallel.pmap_data_parallel(loss_fn, tx, reduce_gradients=False).init(params)
-  out["pmap (replicated)"] = bytes_per_device(state.opt_state)
-  mesh = parallel.data_mesh()
-  for zero1 in (False, True):
-    tx = nag_optax.accumulate_gradients(inner(), 4)
-    dp = parallel.jit_data_parallel(loss_fn, tx, mesh, zero1=zero1)
-    name = "jit ZeRO-1" if zero1 else "jit (replicated)"
-    out[name] = bytes_per_device(dp.init(params).opt_state)
   total = sum(
     int(np.prod(x.shape)) * x.dtype.itemsize
-    for x in jax.tree.leaves(
-      jax.eval_shape(nag_optax.accumulate_gradients(inner(), 4).init, params)
-    )
+    for x in jax.tree.leaves(jax.eval_shape(inner().init, params))
   )
-  rows = []
-  for name, per_device in out.items():
-    worst = max(per_device.values())
-    rows.append([name, worst / 2**20, worst / total])
+  rows, per_device = [], {}
+  for path in PATHS:
+    for variant in VARIANTS[1:]:
+      state = data_parallel(path, variant, 4).init(params)
+      name = f"{path} / {variant}"
+      per_device[name] = bytes_per_device(state.opt_state)
+      worst = max(per_device[name].values())
+      rows.append([path, variant, worst / 2**20, worst / total])
   return rows, {
-    "total_state_bytes": total,
-    "per_device": {n: {str(d): b for d, b in v.items()} for n, v in out.items()},
+    "momentum_bytes": total,
+    "per_device": {n: {str(d): b for d, b in v.items()} for n, v in per_device.items()},
   }
 
 
@@ -328,14 +323,23 @@ def main(argv=None):
   state_rows, state_raw = bench_state_bytes()
   print(
     _common.markdown_table(
-      ["optimizer state", "MiB per device (max)", "fraction of total"], state_rows
+      ["path", "accumulation", "state MiB per device (max)", "x the momentum"],
+      state_rows,
     )
   )
-  cycle_rows, cycle_raw = bench_cycles(args.quick)
+  step_rows, step_raw = bench_steps(args.quick)
   print(
     _common.markdown_table(
-      ["model", "k", "variant", "ms per cycle (CPU)", "speed-up vs baseline"],
-      cycle_rows,
+      [
+        "model",
+        "k",
+        "path",
+        "accumulation",
+        "ms per step (CPU)",
+        "speed-up vs baseline",
+        "collective MiB per step",
+      ],
+      step_rows,
     )
   )
   micro_rows, micro_raw, micro_tree = bench_micro_step(args.quick)
@@ -353,9 +357,10 @@ def main(argv=None):
         "rows_per_device": ROWS_PER_DEVICE,
         "models": {m: num_params(mlp_params(h)) for m, h in MODELS.items()},
         "inner": f"nag_optax.nesterov({LEARNING_RATE}, {MOMENTUM})",
+        "baseline": " / ".join(BASELINE),
         "micro_step_tree": micro_tree,
       },
-      "cycle": {"rows": cycle_rows, "raw": cycle_raw},
+      "steps": {"rows": step_rows, "raw": step_raw},
       "micro_step": {"rows": micro_rows, "raw": micro_raw},
       "state_bytes": {"rows": state_rows, **state_raw},
     },

@@ -2,6 +2,7 @@
 
 from nag_optax import momentum_schedules
 from nag_optax import parallel
+from nag_optax._accumulation import AccumulateGradients
 from nag_optax._accumulation import AccumulateGradientsState
 from nag_optax._accumulation import accumulate_gradients
 from nag_optax._accumulation import accumulation_emitted
@@ -21,6 +22,7 @@ from nag_optax._nesterov import scale_by_nesterov
 __version__ = "0.1.0"
 
 __all__ = (
+  "AccumulateGradients",
   "AccumulateGradientsState",
   "NesterovState",
   "ScaleByAdanState",

@@ -5,11 +5,12 @@
 """
 
 import sys
+from collections.abc import Sequence
 
-from nag_optax import _launch
+from nag_optax.parallel import _multiprocess
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] != "launch":
     print(
@@ -18,7 +19,7 @@ def main(argv=None) -> int:
       file=sys.stderr,
     )
     return 2
-  return _launch.main(argv[1:])
+  return _multiprocess.main(argv[1:])
 
 
 if __name__ == "__main__":

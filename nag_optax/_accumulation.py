@@ -4,19 +4,24 @@
 arguments, same results) with two differences that matter at scale: the inner
 update sits in the taken branch of a ``lax.cond`` and runs only on emitted
 steps, and with ``axis_name`` the accumulated gradient is averaged across
-devices once per emitted step instead of once per micro-batch.
+devices once per emitted step instead of once per micro-batch. It returns an
+:class:`AccumulateGradients`, whose two halves (``accumulate`` and ``emit``)
+are public for code that writes its own training step.
 """
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
+from typing import Self
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from nag_optax import _substate
 from nag_optax import _validation
+from nag_optax import _vma
 
 
 class AccumulateGradientsState(NamedTuple):
@@ -37,26 +42,45 @@ class AccumulateGradientsState(NamedTuple):
     acc_grads: the running mean (or sum) of this cycle's micro-gradients, in
       ``accumulator_dtype``. Right after an emitted step (``mini_step`` 0) it
       still holds that cycle's value, which the next call replaces (where
-      ``optax.MultiSteps`` holds zeros). With ``axis_name`` it is
-      device-local: each device's own micro-gradients, never averaged in
-      place.
+      ``optax.MultiSteps`` holds zeros). Across devices it is device-local:
+      each device's own micro-gradients, never averaged in place.
     skip_state: what ``should_skip_update_fn`` returned at the last call
-      (``()`` without one).
+      (``()`` without one); device-local like ``acc_grads``.
   """
 
   mini_step: jax.Array
   gradient_step: jax.Array
   emitted: jax.Array
-  inner_opt_state: Any
-  acc_grads: Any
-  skip_state: Any = ()
+  inner_opt_state: optax.OptState
+  acc_grads: optax.Updates
+  skip_state: optax.OptState = ()
 
 
-def _axis_names(axis_name: Any) -> tuple[Any, ...]:
+AxisName = str | tuple[str, ...]
+"""The name of a mapped axis (``jax.pmap``, ``jax.shard_map``), or a tuple of them."""
+
+EveryK = int | Callable[[jax.Array], jax.typing.ArrayLike]
+"""Micro-batches per emitted step: an int, or a function of the emitted-step count."""
+
+_Out = TypeVar("_Out")
+
+# accumulate_fn(grads, state, params, axis_name) -> (state, emitting)
+_AccumulateFn = Callable[
+  [optax.Updates, AccumulateGradientsState, optax.Params | None, AxisName | None],
+  tuple[AccumulateGradientsState, jax.Array],
+]
+# emit_fn(grads, state, params, extra_args) -> (updates, state)
+_EmitFn = Callable[
+  [optax.Updates, AccumulateGradientsState, optax.Params | None, dict[str, Any]],
+  tuple[optax.Updates, AccumulateGradientsState],
+]
+
+
+def _axis_names(axis_name: AxisName) -> tuple[str, ...]:
   return axis_name if isinstance(axis_name, tuple) else (axis_name,)
 
 
-def _check_axis_bound(axis_name: Any) -> None:
+def _check_axis_bound(axis_name: AxisName) -> None:
   """Raises a ValueError naming the fix when ``axis_name`` is not bound."""
   for name in _axis_names(axis_name):
     try:
@@ -71,42 +95,32 @@ def _check_axis_bound(axis_name: Any) -> None:
       ) from error
 
 
-def _varying_axes(x: Any) -> frozenset:
-  """Mesh axes along which ``x`` varies inside ``shard_map`` (else empty)."""
-  aval = x if isinstance(x, jax.ShapeDtypeStruct) else jax.typeof(x)
-  manual = getattr(aval, "manual_axis_type", None)
-  if manual is not None:
-    return frozenset(manual.varying)
-  return frozenset(getattr(aval, "vma", ()))  # jax < 0.10
-
-
-def _cond_with_matching_varying_axes(pred, false_fn, true_fn, operands):
-  """``lax.cond`` whose branch outputs are cast to a common varying type.
+def cond(
+  pred: jax.typing.ArrayLike,
+  true_fn: Callable[..., _Out],
+  false_fn: Callable[..., _Out],
+  *operands: Any,
+) -> _Out:
+  """``jax.lax.cond`` whose branch outputs are cast to a common varying type.
 
   Under ``jax.shard_map`` (with its default type checks) the branches of a
-  conditional must agree on which outputs vary across devices: the emitting
-  branch's ``pmean`` makes the gradient device-invariant while the pass-through
-  branch keeps the device-local accumulator. Each output leaf is cast
-  (``jax.lax.pcast(..., to="varying")``, free at run time) to the union of the
-  branches' varying axes. Outside ``shard_map`` nothing is cast.
+  conditional must agree on which outputs vary across devices: an emitting
+  branch's ``pmean`` makes the gradient device-invariant while a
+  pass-through branch keeps the device-local accumulator. Each output leaf
+  is cast (``jax.lax.pcast(..., to="varying")``, free at run time) to the
+  union of the branches' varying axes. Outside ``shard_map`` nothing is cast.
 
-  The no-op branch is the false one (XLA's branch 0): it then passes the
-  carried buffers through instead of copying them.
+  The no-op branch should be ``false_fn`` (XLA's branch 0): it then passes
+  the carried buffers through instead of copying them. Without varying
+  operands (outside ``shard_map``) this is ``jax.lax.cond`` itself.
   """
-  branches = (false_fn, true_fn)
-  shapes = [jax.eval_shape(branch, *operands) for branch in branches]
+  if not any(map(_vma.varying_axes, jax.tree.leaves(operands))):
+    return jax.lax.cond(pred, true_fn, false_fn, *operands)
+  shapes = [jax.eval_shape(branch, *operands) for branch in (false_fn, true_fn)]
   union = jax.tree.map(
-    lambda *leaves: frozenset().union(*map(_varying_axes, leaves)), *shapes
+    lambda *leaves: frozenset().union(*map(_vma.varying_axes, leaves)), *shapes
   )
-
-  def cast(tree):
-    def vary(x, axes):
-      missing = axes - _varying_axes(x)
-      if not missing:
-        return x
-      return jax.lax.pcast(x, tuple(sorted(missing, key=str)), to="varying")
-
-    return jax.tree.map(vary, tree, union)
+  cast = lambda tree: jax.tree.map(_vma.vary, tree, union)
 
   return jax.lax.cond(
     pred,
@@ -116,16 +130,9 @@ def _cond_with_matching_varying_axes(pred, false_fn, true_fn, operands):
   )
 
 
-def _check_accumulator_dtype(accumulator_dtype: Any) -> Any:
-  if accumulator_dtype is None:
-    return None
-  dtype = jnp.dtype(accumulator_dtype)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"accumulator_dtype must be a float dtype, got {dtype}.")
-  return dtype
-
-
-def _check_every_k(every_k_schedule: Any) -> Callable[[jax.Array], Any]:
+def _check_every_k(
+  every_k_schedule: EveryK,
+) -> Callable[[jax.Array], jax.typing.ArrayLike]:
   if callable(every_k_schedule):
     return every_k_schedule
   try:
@@ -139,15 +146,182 @@ def _check_every_k(every_k_schedule: Any) -> Callable[[jax.Array], Any]:
   return lambda gradient_step: k
 
 
+def _check_axis_name(axis_name: AxisName | None) -> None:
+  if axis_name is None:
+    return
+  for name in _axis_names(axis_name):
+    try:
+      hash(name)
+    except TypeError:
+      raise ValueError(
+        f"axis_name must be a name or a tuple of names, got {axis_name!r}."
+      ) from None
+
+
+class AccumulateGradients(optax.GradientTransformationExtraArgs):
+  """What :func:`accumulate_gradients` returns: an optax transformation with
+  public halves.
+
+  ``init`` and ``update`` make it a drop-in for ``optax.MultiSteps``. The
+  two halves of ``update`` are public for code that writes its own training
+  step (:mod:`nag_optax.parallel` does): :meth:`accumulate` adds a
+  micro-batch gradient to the device-local accumulator and says whether the
+  cycle is complete, without any collective; :meth:`emit` runs the inner
+  optimizer on the accumulated gradient, which the caller may first average
+  across devices (``pmean``) or reduce-scatter to optimizer-state shards.
+  ``update`` is exactly::
+
+    state, emitting = tx.accumulate(grads, state, params)
+    updates, state = lax.cond(
+        emitting,
+        lambda: tx.emit(pmean(state.acc_grads), state, params),  # axis_name
+        lambda: (zeros, state))
+
+  :meth:`update_and_apply` is ``update`` followed by ``optax.apply_updates``
+  with the application inside the emitting branch (micro-steps neither
+  write zero updates nor touch the parameters), and :meth:`has_updated`
+  reads whether the last call emitted, as ``optax.MultiSteps.has_updated``.
+
+  Attributes:
+    inner: the inner optimizer (an ``optax.GradientTransformationExtraArgs``).
+    axis_name: the mapped axis ``update`` averages across, or None.
+  """
+
+  inner: optax.GradientTransformationExtraArgs
+  axis_name: AxisName | None
+  # The closures behind accumulate and emit (instance attributes, not fields).
+  _accumulate: _AccumulateFn
+  _emit: _EmitFn
+
+  def __new__(
+    cls,
+    init: optax.TransformInitFn,
+    update: optax.TransformUpdateExtraArgsFn,
+    *,
+    inner: optax.GradientTransformationExtraArgs,
+    axis_name: AxisName | None,
+    accumulate: _AccumulateFn,
+    emit: _EmitFn,
+  ) -> Self:
+    self = super().__new__(cls, init, update)
+    self.inner = inner
+    self.axis_name = axis_name
+    self._accumulate = accumulate
+    self._emit = emit
+    return self
+
+  def accumulate(
+    self,
+    grads: optax.Updates,
+    state: AccumulateGradientsState,
+    params: optax.Params | None = None,
+    *,
+    axis_name: AxisName | None = None,
+  ) -> tuple[AccumulateGradientsState, jax.Array]:
+    """Adds one micro-batch gradient to the accumulator: ``update``'s first half.
+
+    Advances the counters as ``update`` does (``mini_step``,
+    ``gradient_step``, ``emitted``, ``skip_state``) and leaves
+    ``inner_opt_state`` untouched. When the call completes a cycle,
+    ``acc_grads`` holds the cycle's mean (or sum) of this device's
+    micro-gradients, in ``accumulator_dtype``: average it across devices if
+    needed, cast it to the gradient's dtype and pass it to :meth:`emit`.
+
+    Args:
+      grads: this micro-batch's gradient (device-local).
+      state: the transformation's state.
+      params: the parameters (for ``should_skip_update_fn``).
+      axis_name: with ``should_skip_update_fn``, the mapped axis over which
+        a skip on any device skips the call on every device (default: the
+        transformation's ``axis_name``). The only collective here.
+
+    Returns:
+      ``(state, emitting)``: the advanced state and a boolean scalar, True
+      when this call completes a cycle.
+    """
+    return self._accumulate(grads, state, params, axis_name)
+
+  def emit(
+    self,
+    grads: optax.Updates,
+    state: AccumulateGradientsState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, AccumulateGradientsState]:
+    """The inner optimizer's update of an accumulated gradient: the emitted step.
+
+    Call it where :meth:`accumulate` returned ``emitting=True`` (inside the
+    true branch of a ``lax.cond``), with ``grads`` the cycle's accumulated
+    gradient (``state.acc_grads``, averaged across devices by the caller, in
+    the gradient's dtype).
+
+    Returns:
+      ``(updates, state)``: the inner optimizer's updates and the state
+      holding its new ``inner_opt_state``.
+    """
+    return self._emit(grads, state, params, extra_args)
+
+  def update_and_apply(
+    self,
+    grads: optax.Updates,
+    state: AccumulateGradientsState,
+    params: optax.Params,
+    **extra_args: Any,
+  ) -> tuple[optax.Params, AccumulateGradientsState]:
+    """``update`` then ``optax.apply_updates``, applied inside the emitting branch.
+
+    Equal to ``updates, state = tx.update(grads, state, params)`` followed by
+    ``optax.apply_updates(params, updates)``, except that on micro-steps the
+    parameters pass through untouched (no zero updates are written or
+    added), and on emitted steps update and application share one branch.
+    XLA may then contract ``p + lr * x`` into a fused multiply-add: the
+    parameters can differ from the two-call form in the last bit.
+
+    Returns:
+      ``(new_params, state)``.
+    """
+    return _update_and_apply(self, grads, state, params, extra_args)
+
+  @staticmethod
+  def has_updated(state: AccumulateGradientsState) -> jax.Array:
+    """Whether the last call emitted the inner optimizer's update."""
+    return state.emitted
+
+
+def _mean_across(axis_name: AxisName | None, tree: optax.Updates) -> optax.Updates:
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def _cast_like(tree: optax.Updates, like: optax.Updates) -> optax.Updates:
+  return jax.tree.map(lambda x, g: x.astype(g.dtype), tree, like)
+
+
+def _update_and_apply(
+  tx: AccumulateGradients,
+  grads: optax.Updates,
+  state: AccumulateGradientsState,
+  params: optax.Params,
+  extra_args: dict[str, Any],
+) -> tuple[optax.Params, AccumulateGradientsState]:
+  state, emitting = tx.accumulate(grads, state, params)
+
+  def on_emit(params, state):
+    mean = _cast_like(_mean_across(tx.axis_name, state.acc_grads), grads)
+    updates, state = tx.emit(mean, state, params, **extra_args)
+    return optax.apply_updates(params, updates), state
+
+  return cond(emitting, on_emit, lambda params, state: (params, state), params, state)
+
+
 def accumulate_gradients(
   optimizer: optax.GradientTransformation,
-  every_k_schedule: int | Callable[[jax.Array], Any],
+  every_k_schedule: EveryK,
   *,
-  axis_name: Any = None,
+  axis_name: AxisName | None = None,
   use_grad_mean: bool = True,
-  accumulator_dtype: Any = jnp.float32,
-  should_skip_update_fn: Callable[..., tuple[jax.Array, Any]] | None = None,
-) -> optax.GradientTransformationExtraArgs:
+  accumulator_dtype: jax.typing.DTypeLike | None = jnp.float32,
+  should_skip_update_fn: optax.ShouldSkipUpdateFunction | None = None,
+) -> AccumulateGradients:
   r"""Accumulates micro-batch gradients; applies ``optimizer`` every k-th call.
 
   With :math:`g_1, \dots, g_k` the gradients passed over one cycle of
@@ -201,8 +375,13 @@ def accumulate_gradients(
   spoils only its own cycle, where ``optax.MultiSteps``, which multiplies
   the accumulator by 0, carries the NaN into every later one.
 
-  For complete data-parallel training steps built on this (pmap, jit with
-  shard_map, multi-process) see :mod:`nag_optax.parallel`.
+  The returned :class:`AccumulateGradients` also offers ``update``'s two
+  halves (``accumulate``, ``emit``) and ``update_and_apply``, which applies
+  the update inside the emitting branch. :mod:`nag_optax.parallel` builds
+  complete data-parallel steps on them (pass this transformation outermost
+  there, with the rest of the optimizer inside it). To accumulate inside one
+  compiled step instead (nothing carried between calls), see the
+  ``micro_batches`` argument of the :mod:`nag_optax.parallel` builders.
 
   Read whether a call emitted, and the emitted-step count, with
   :func:`nag_optax.accumulation_emitted` and
@@ -226,7 +405,8 @@ def accumulate_gradients(
       ``optax.skip_not_finite``.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is an
+    An :class:`AccumulateGradients` (an
+    ``optax.GradientTransformationExtraArgs``) whose state is an
     :class:`AccumulateGradientsState`. Extra keyword arguments of ``update``
     (e.g. ``value=loss``) reach the inner optimizer on emitted steps.
 
@@ -246,6 +426,9 @@ def accumulate_gradients(
     >>> updates, state = tx.update(jnp.array([3.0]), state)
     >>> print(updates, nag_optax.accumulation_emitted(state))
     [-0.38] True
+    >>> params, state = tx.update_and_apply(jnp.array([2.0]), state, params)
+    >>> print(params, tx.has_updated(state))
+    [1.] False
 
   References:
     optax.MultiSteps, https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html
@@ -259,15 +442,8 @@ def accumulate_gradients(
     )
   inner = optax.with_extra_args_support(optimizer)
   every_k_fn = _check_every_k(every_k_schedule)
-  accumulator_dtype = _check_accumulator_dtype(accumulator_dtype)
-  if axis_name is not None:
-    for name in _axis_names(axis_name):
-      try:
-        hash(name)
-      except TypeError:
-        raise ValueError(
-          f"axis_name must be a name or a tuple of names, got {axis_name!r}."
-        ) from None
+  accumulator_dtype = _validation.check_accumulator_dtype(accumulator_dtype)
+  _check_axis_name(axis_name)
   if should_skip_update_fn is not None and not callable(should_skip_update_fn):
     raise ValueError(
       "should_skip_update_fn must be None or a callable "
@@ -286,7 +462,7 @@ def accumulate_gradients(
     check_k_at_start()
     gradient_step = jnp.zeros([], jnp.int32)
     if should_skip_update_fn is None:
-      skip_state = ()
+      skip_state: optax.OptState = ()
     else:
       _, skip_state = should_skip_update_fn(
         optax.tree.zeros_like(params), gradient_step, params
@@ -300,151 +476,96 @@ def accumulate_gradients(
       skip_state=skip_state,
     )
 
-  def accumulate_then(updates, state, params, on_emit, on_micro):
-    """The shared body: accumulate, then ``lax.cond(emit, on_emit, on_micro)``.
-
-    ``on_emit(mean, inner_state, params)`` gets the mean averaged across
-    ``axis_name`` and cast to the gradient's dtype; ``on_micro(output_shapes,
-    acc, inner_state, params)`` gets the shapes of ``on_emit``'s output. Both
-    return ``(output, inner_state)``.
-    """
-    if axis_name is not None:
-      _check_axis_bound(axis_name)
-    _validation.check_trees_match("gradient", updates, "accumulator", state.acc_grads)
-    k = every_k_fn(state.gradient_step)
-    mini_step = state.mini_step
-
+  def should_skip(grads, state, params, axis):
     if should_skip_update_fn is None:
-      skip, skip_state = None, ()
-    else:
-      skip, skip_state = should_skip_update_fn(updates, state.gradient_step, params)
-      skip = jnp.asarray(skip)
-      if (skip.dtype, skip.shape) != (jnp.bool_, ()):
-        raise ValueError(
-          "should_skip_update_fn must return a boolean scalar array, got dtype "
-          f"{skip.dtype} and shape {skip.shape}."
-        )
-      if axis_name is not None:
-        # Every device must take the same branch (the emitting one holds a
-        # collective): skip everywhere if any device skips.
-        skip = jax.lax.pmax(skip.astype(jnp.int32), axis_name) > 0
-
-    def accumulate(grads, acc):
-      # A cycle starts from the gradient itself (mini_step 0): nothing resets
-      # the accumulator after an emitted step, so each call makes one pass
-      # over it, in place, computed once and read by the emitting branch.
-      # (Resetting it after the conditional costs a second pass; passing it
-      # through the branches makes XLA copy it.)
-      if use_grad_mean:  # Welford's running mean, as optax.MultiSteps.
-        step = lambda g, a: a + (g - a) / (mini_step + 1)
-      else:
-        step = lambda g, a: g + a
-      return jax.tree.map(
-        lambda g, a: jnp.where(mini_step == 0, g, step(g, a)).astype(a.dtype),
-        grads,
-        acc,
+      return None, ()
+    skip, skip_state = should_skip_update_fn(grads, state.gradient_step, params)
+    skip = jnp.asarray(skip)
+    if (skip.dtype, skip.shape) != (jnp.bool_, ()):
+      raise ValueError(
+        "should_skip_update_fn must return a boolean scalar array, got dtype "
+        f"{skip.dtype} and shape {skip.shape}."
       )
+    if axis is not None:
+      # Every device must take the same branch (the emitting one may hold a
+      # collective): skip everywhere if any device skips.
+      skip = jax.lax.pmax(skip.astype(jnp.int32), axis) > 0
+    return skip, skip_state
 
-    acc = accumulate(updates, state.acc_grads)
-    if skip is not None:  # A skipped call leaves the accumulator as it was.
-      acc = jax.tree.map(lambda n, a: jnp.where(skip, a, n), acc, state.acc_grads)
+  def accumulate_fn(grads, state, params, axis):
+    _validation.check_trees_match("gradient", grads, "accumulator", state.acc_grads)
+    axis = axis_name if axis is None else axis
+    if axis is not None:
+      _check_axis_bound(axis)
+    mini_step = state.mini_step
+    skip, skip_state = should_skip(grads, state, params, axis)
 
-    def emit_branch(mean, inner_state, params):
-      if axis_name is not None:
-        mean = jax.lax.pmean(mean, axis_name)
-      mean = jax.tree.map(lambda m, g: m.astype(g.dtype), mean, updates)
-      return on_emit(mean, inner_state, params)
-
-    emit = mini_step == k - 1
-    next_mini_step = optax.safe_increment(mini_step) % k
-    if skip is not None:
-      emit = jnp.logical_and(emit, jnp.logical_not(skip))
-      next_mini_step = jnp.where(skip, mini_step, next_mini_step)
-
-    operands = (acc, state.inner_opt_state, params)
-    output_shapes = jax.eval_shape(emit_branch, *operands)[0]
-    output, inner_state = _cond_with_matching_varying_axes(
-      emit, lambda *ops: on_micro(output_shapes, *ops), emit_branch, operands
+    # A cycle starts from the gradient itself (mini_step 0): nothing resets
+    # the accumulator after an emitted step, so each call makes one pass
+    # over it, in place, read by the emitting branch.
+    if use_grad_mean:  # Welford's running mean, as optax.MultiSteps.
+      step = lambda g, a: a + (g - a) / (mini_step + 1)
+    else:
+      step = lambda g, a: g + a
+    acc = jax.tree.map(
+      lambda g, a: jnp.where(mini_step == 0, g, step(g, a)).astype(a.dtype),
+      grads,
+      state.acc_grads,
     )
-    new_state = AccumulateGradientsState(
+    emitting = mini_step == every_k_fn(state.gradient_step) - 1
+    next_mini_step = jnp.where(emitting, 0, optax.safe_increment(mini_step))
+    if skip is not None:  # A skipped call leaves everything as it was.
+      acc = jax.tree.map(lambda n, a: jnp.where(skip, a, n), acc, state.acc_grads)
+      emitting = jnp.logical_and(emitting, jnp.logical_not(skip))
+      next_mini_step = jnp.where(skip, mini_step, next_mini_step)
+    new_state = state._replace(
       mini_step=jnp.asarray(next_mini_step, jnp.int32),
       gradient_step=jnp.where(
-        emit, optax.safe_increment(state.gradient_step), state.gradient_step
+        emitting, optax.safe_increment(state.gradient_step), state.gradient_step
       ).astype(jnp.int32),
-      emitted=jnp.asarray(emit, jnp.bool_),
-      inner_opt_state=inner_state,
+      emitted=jnp.asarray(emitting, jnp.bool_),
       acc_grads=acc,
       skip_state=skip_state,
     )
-    return output, new_state
+    return new_state, emitting
+
+  def emit_fn(grads, state, params, extra_args):
+    updates, inner_state = inner.update(
+      grads, state.inner_opt_state, params, **extra_args
+    )
+    return updates, state._replace(inner_opt_state=inner_state)
 
   def update_fn(updates, state, params=None, **extra_args):
-    def on_emit(mean, inner_state, params):
-      return inner.update(mean, inner_state, params, **extra_args)
+    grads = updates
+    state, emitting = accumulate_fn(grads, state, params, None)
 
-    def on_micro(output_shapes, acc, inner_state, params):
-      del acc, params
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), output_shapes)
-      return zeros, inner_state
+    def on_emit(state, params):
+      mean = _cast_like(_mean_across(axis_name, state.acc_grads), grads)
+      return emit_fn(mean, state, params, extra_args)
 
-    return accumulate_then(updates, state, params, on_emit, on_micro)
+    def on_micro(state, params):
+      shapes = jax.eval_shape(on_emit, state, params)[0]
+      return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), state
 
-  def update_and_apply_fn(grads, state, params, **extra_args):
-    # update_fn followed by optax.apply_updates, with the application inside
-    # the emitting branch: micro-steps neither write zero updates nor touch
-    # the parameters, and the emitted step fuses update and application.
-    def on_emit(mean, inner_state, params):
-      inner_updates, inner_state = inner.update(mean, inner_state, params, **extra_args)
-      return optax.apply_updates(params, inner_updates), inner_state
+    return cond(emitting, on_emit, on_micro, state, params)
 
-    def on_micro(output_shapes, acc, inner_state, params):
-      del output_shapes, acc
-      return params, inner_state
-
-    return accumulate_then(grads, state, params, on_emit, on_micro)
-
-  tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-  _UPDATE_AND_APPLY[update_fn] = update_and_apply_fn
-  return tx
+  return AccumulateGradients(
+    init_fn,
+    update_fn,
+    inner=inner,
+    axis_name=axis_name,
+    accumulate=accumulate_fn,
+    emit=emit_fn,
+  )
 
 
-# accumulate_gradients' update function -> its update-and-apply twin
-# (update_and_apply_fn there), for nag_optax.parallel. Weak keys: an entry
-# lives as long as the transformation holding the update function.
-_UPDATE_AND_APPLY: "weakref.WeakKeyDictionary[Callable, Callable]" = (
-  weakref.WeakKeyDictionary()
-)
+def _find_state(opt_state: optax.OptState, caller: str) -> AccumulateGradientsState:
+  return _substate.find_one(
+    opt_state, AccumulateGradientsState, caller=caller, what="accumulate_gradients"
+  )
 
 
-def update_and_apply_for(
-  optimizer: optax.GradientTransformation,
-) -> Callable[..., tuple[Any, Any]] | None:
-  """``fn(grads, state, params, **extra) -> (new_params, new_state)`` or None.
-
-  For an optimizer returned by :func:`accumulate_gradients` itself (not
-  wrapped, e.g. in ``optax.chain``), a function equal to its ``update``
-  followed by ``optax.apply_updates`` that applies the update inside the
-  emitting branch: on micro-steps it writes no zero updates and passes the
-  parameters through untouched. None for any other optimizer.
-  """
-  try:
-    return _UPDATE_AND_APPLY.get(optimizer.update)
-  except TypeError:  # not weak-referenceable: not ours
-    return None
-
-
-def _find_state(opt_state: Any, caller: str) -> AccumulateGradientsState:
-  is_state = lambda x: isinstance(x, AccumulateGradientsState)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
-  if len(found) != 1:
-    raise ValueError(
-      f"{caller} needs exactly one accumulate_gradients state in opt_state, "
-      f"found {len(found)}."
-    )
-  return found[0]
-
-
-def accumulation_emitted(opt_state: Any) -> jax.Array:
+def accumulation_emitted(opt_state: optax.OptState) -> jax.Array:
   """Whether the last ``update`` emitted the inner optimizer's update.
 
   Finds the :func:`nag_optax.accumulate_gradients` state anywhere inside
@@ -469,7 +590,7 @@ def accumulation_emitted(opt_state: Any) -> jax.Array:
   return _find_state(opt_state, "accumulation_emitted").emitted
 
 
-def accumulation_gradient_step(opt_state: Any) -> jax.Array:
+def accumulation_gradient_step(opt_state: optax.OptState) -> jax.Array:
   """The number of emitted steps: what the inner optimizer's schedules count.
 
   Finds the :func:`nag_optax.accumulate_gradients` state anywhere inside

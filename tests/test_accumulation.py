@@ -144,8 +144,7 @@ def test_update_and_apply_equals_update_then_apply_updates(kwargs):
   tx = nag_optax.accumulate_gradients(
     nag_optax.nesterov(SCHEDULE, momentum=0.9), 3, **kwargs
   )
-  fused = _accumulation.update_and_apply_for(tx)
-  assert fused is not None
+  assert isinstance(tx, nag_optax.AccumulateGradients)
   grads = _grads(9, 9)
   grads[4] = jax.tree.map(lambda g: g.at[0].set(jnp.nan), grads[4])
 
@@ -156,7 +155,7 @@ def test_update_and_apply_equals_update_then_apply_updates(kwargs):
 
   params, ref_params = _params(), _params()
   state, ref_state = tx.init(params), tx.init(params)
-  fused = jax.jit(fused)
+  fused = jax.jit(tx.update_and_apply)
   for g in grads:
     new_params, state = fused(g, state, params)
     ref_params, ref_state = update_then_apply(g, ref_state, ref_params)
@@ -164,21 +163,39 @@ def test_update_and_apply_equals_update_then_apply_updates(kwargs):
     # and application share a fusion: last-bit differences, not more.
     chex.assert_trees_all_close(new_params, ref_params, rtol=4e-7, atol=1e-7)
     chex.assert_trees_all_equal(state, ref_state)
-    if not nag_optax.accumulation_emitted(state):  # untouched on micro-steps
+    assert bool(tx.has_updated(state)) == bool(nag_optax.accumulation_emitted(state))
+    if not tx.has_updated(state):  # untouched on micro-steps
       chex.assert_trees_all_equal(new_params, params)
     params = new_params
   assert int(state.gradient_step) == (2 if "should_skip_update_fn" in kwargs else 3)
 
 
-def test_update_and_apply_only_for_accumulate_gradients_itself():
-  tx = nag_optax.accumulate_gradients(nag_optax.nesterov(0.1), 2)
-  assert callable(_accumulation.update_and_apply_for(tx))
-  for other in (
-    optax.chain(tx),  # wrapped: parallel falls back to update + apply
-    optax.MultiSteps(nag_optax.nesterov(0.1), 2),
-    nag_optax.nesterov(0.1),
-  ):
-    assert _accumulation.update_and_apply_for(other) is None
+def test_accumulate_then_emit_is_update():
+  """The two public halves, composed as the docstring says, give update."""
+  inner = nag_optax.nesterov(SCHEDULE, momentum=0.9, weight_decay=1e-2)
+  tx = nag_optax.accumulate_gradients(inner, 3)
+
+  @jax.jit
+  def halves(grads, state, params):
+    state, emitting = tx.accumulate(grads, state, params)
+
+    def on_emit(state):
+      mean = jax.tree.map(lambda a, g: a.astype(g.dtype), state.acc_grads, grads)
+      return tx.emit(mean, state, params)
+
+    def on_micro(state):
+      return jax.tree.map(jnp.zeros_like, grads), state
+
+    return jax.lax.cond(emitting, on_emit, on_micro, state)
+
+  ours, state, _ = _run(
+    optax.GradientTransformationExtraArgs(tx.init, halves), _grads(10, 7)
+  )
+  ref, ref_state, _ = _run(tx, _grads(10, 7))
+  for a, b in zip(ours, ref, strict=True):
+    chex.assert_trees_all_equal(a, b)
+  chex.assert_trees_all_equal(state, ref_state)
+  assert tx.inner is not None and tx.axis_name is None
 
 
 def test_a_non_finite_cycle_does_not_spoil_the_next_one():

@@ -1,10 +1,10 @@
-"""Local multi-process launcher: N processes x M CPU devices on 127.0.0.1.
+"""Multi-process start-up: joining a ``jax.distributed`` run, and a local
+launcher of N processes x M CPU devices on 127.0.0.1.
 
-The parent picks a free loopback port and starts the processes with the
+The launcher picks a free loopback port and starts the processes with the
 coordinator address, their id and their device count in environment
-variables; each process calls :func:`nag_optax.parallel.initialize`, which
-reads them. Nothing here imports JAX, so the launcher itself starts no
-runtime.
+variables; each process calls :func:`initialize`, which reads them. The
+launcher itself starts no JAX runtime.
 """
 
 import argparse
@@ -19,6 +19,8 @@ import tempfile
 import time
 from collections.abc import Mapping
 from collections.abc import Sequence
+
+import jax
 
 ENV_COORDINATOR = "NAG_OPTAX_COORDINATOR"
 ENV_NUM_PROCESSES = "NAG_OPTAX_NUM_PROCESSES"
@@ -35,16 +37,74 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def initialize(
+  *, initialization_timeout: int = 120, heartbeat_timeout_seconds: int = 30
+) -> bool:
+  """Joins the multi-process run started by :func:`launch_local`, if any.
+
+  Reads the coordinator, process id and device count that
+  :func:`launch_local` (or ``python -m nag_optax launch``) put in the
+  environment, sets the number of CPU devices and calls
+  ``jax.distributed.initialize`` bound to 127.0.0.1 only. Call it before any
+  other use of JAX. Without that environment it does nothing, so the same
+  script also runs as a single process; on a real cluster call
+  ``jax.distributed.initialize()`` yourself.
+
+  If a process dies, JAX's coordination service notices its missing
+  heartbeats and terminates every other process with a message that
+  another task died (a non-zero exit, no hang): within
+  ``heartbeat_timeout_seconds`` when a worker dies, at once when process 0
+  (the coordinator) does. Restart them all from the last checkpoint.
+
+  Args:
+    initialization_timeout: seconds to wait for all processes to connect.
+    heartbeat_timeout_seconds: seconds without a heartbeat after which a
+      process counts as dead (JAX's default is 100).
+
+  Returns:
+    True if this process joined a multi-process run.
+  """
+  env = os.environ
+  if ENV_COORDINATOR not in env:
+    return False
+  address = env[ENV_COORDINATOR]
+  jax.config.update("jax_num_cpu_devices", int(env[ENV_LOCAL_DEVICES]))
+  jax.distributed.initialize(
+    coordinator_address=address,
+    coordinator_bind_address=address,
+    num_processes=int(env[ENV_NUM_PROCESSES]),
+    process_id=int(env[ENV_PROCESS_ID]),
+    initialization_timeout=initialization_timeout,
+    heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+  )
+  return True
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcessResult:
-  """How one launched process ended."""
+  """How one launched process ended.
+
+  Attributes:
+    process_id: the process's id in the run, from 0 (process 0 hosts the
+      coordinator).
+    returncode: its exit status, or None when it was killed after the
+      time-out.
+    output: its stdout and stderr, interleaved ("" when the output was not
+      captured).
+  """
 
   process_id: int
-  returncode: int | None  # None: killed after the time-out.
-  output: str  # stdout and stderr, interleaved ("" when not captured).
+  returncode: int | None
+  output: str
 
 
-def _child_env(base, coordinator, num_processes, process_id, local_devices):
+def _child_env(
+  base: Mapping[str, str],
+  coordinator: str,
+  num_processes: int,
+  process_id: int,
+  local_devices: int,
+) -> dict[str, str]:
   env = dict(base)
   # A device count forced for the parent (tests force 8) must not leak in.
   flags = _FORCE_DEVICES.sub("", env.get("XLA_FLAGS", "")).strip()

@@ -1,0 +1,522 @@
+"""The mesh paths: ``jax.jit`` over a one-axis mesh, per-device work in
+``jax.shard_map``, ZeRO-1 optimizer state by sharding annotations."""
+
+import functools
+from collections.abc import Callable
+from collections.abc import Hashable
+from collections.abc import Iterable
+from typing import Any
+from typing import NamedTuple
+from typing import TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+from nag_optax.parallel import _host
+from nag_optax.parallel import _step
+
+_Tree = TypeVar("_Tree")
+
+
+def data_mesh(
+  devices: Iterable[jax.Device] | None = None, *, axis_name: str = "data"
+) -> jax.sharding.Mesh:
+  """A one-axis mesh over ``devices`` (default: all devices, all processes).
+
+  The axis type is ``Auto``: the compiler propagates shardings and inserts
+  the collectives (``jax.make_mesh`` now defaults to ``Explicit``).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(
+    np.asarray(devices), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+
+
+def _data_axis(mesh: jax.sharding.Mesh) -> str:
+  if len(mesh.axis_names) != 1:
+    raise ValueError(
+      "The data-parallel paths need a one-axis (data) mesh, got axes "
+      f"{mesh.axis_names}; see parallel.data_mesh."
+    )
+  return mesh.axis_names[0]
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the mesh's data axis."""
+  return NamedSharding(mesh, PartitionSpec(_data_axis(mesh)))
+
+
+def global_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+  """This process's batch -> global arrays sharded over the data axis.
+
+  In a single process this places the batch; with several processes each
+  passes its own (same-sized) batch and the global batch is their
+  concatenation in process order (``jax.make_array_from_process_local_data``).
+
+  Raises:
+    ValueError: if a leading dimension is not divisible by the number of
+      this process's devices in the mesh.
+  """
+  sharding = batch_sharding(mesh)
+  local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+  def place(path, x):
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] % local:
+      raise ValueError(
+        f"The batch leaf at {jax.tree_util.keystr(path)} has shape {x.shape}: "
+        f"its leading (batch) dimension must be divisible by this process's "
+        f"{local} devices in the mesh."
+      )
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree_util.tree_map_with_path(place, batch)
+
+
+def _zero1_spec(shape: tuple[int, ...], axis: str, n: int) -> PartitionSpec:
+  """The data axis on the first dimension it divides, else replicated."""
+  spec: list[str | None] = [None] * len(shape)
+  for i, size in enumerate(shape):
+    if size >= n and size % n == 0:
+      spec[i] = axis
+      break
+  return PartitionSpec(*spec)
+
+
+def _zero1_specs(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  axis = _data_axis(mesh)
+  n = mesh.shape[axis]
+  return jax.tree.map(lambda x: _zero1_spec(np.shape(x), axis, n), tree)
+
+
+def zero1_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """ZeRO-1 shardings: each array split over the data axis along one dimension.
+
+  Each leaf is split along its first dimension divisible by the size of the
+  data axis; scalars and leaves with no such dimension are replicated.
+
+  Args:
+    tree: a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g.
+      ``jax.eval_shape(optimizer.init, params)``).
+    mesh: a one-axis mesh (:func:`data_mesh`).
+
+  Returns:
+    A matching tree of ``NamedSharding``.
+  """
+  return jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec),
+    _zero1_specs(tree, mesh),
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
+
+
+def _spec(kind: _step.Kind, axis: str) -> PartitionSpec:
+  if isinstance(kind, PartitionSpec):
+    return kind
+  return PartitionSpec(axis) if kind in (_step.LOCAL, _step.BATCH) else PartitionSpec()
+
+
+def _specs(kinds: Any, axis: str) -> Any:
+  return jax.tree.map(lambda k: _spec(k, axis), kinds, is_leaf=_step._is_kind)
+
+
+def _shardings(mesh: jax.sharding.Mesh, kinds: Any) -> Any:
+  axis = _data_axis(mesh)
+  return jax.tree.map(
+    lambda kind: NamedSharding(mesh, _spec(kind, axis)), kinds, is_leaf=_step._is_kind
+  )
+
+
+def _map_local(kinds: Any, tree: _Tree, fn: Callable[[jax.Array], jax.Array]) -> _Tree:
+  """``fn`` applied to every leaf under a :data:`LOCAL` kind (a prefix tree)."""
+
+  def apply(kind, subtree):
+    return jax.tree.map(fn, subtree) if kind == _step.LOCAL else subtree
+
+  return jax.tree.map(apply, kinds, tree, is_leaf=_step._is_kind)
+
+
+def _mapped(mesh: jax.sharding.Mesh, axis: str) -> Callable[..., Callable[..., Any]]:
+  """``mapped`` for the shared step: a ``jax.shard_map`` region.
+
+  Device-local values enter with their leading device axis removed and
+  leave with it restored, so that outside the region they are stored as one
+  row per device, sharded over the data axis.
+  """
+
+  def mapped(fn, in_kinds, out_kinds):
+    def body(*args):
+      args = _map_local(in_kinds, args, lambda x: x[0])
+      return _map_local(out_kinds, fn(*args), lambda x: jnp.asarray(x)[None])
+
+    return jax.shard_map(
+      body,
+      mesh=mesh,
+      in_specs=_specs(in_kinds, axis),
+      out_specs=_specs(out_kinds, axis),
+    )
+
+  return mapped
+
+
+class _Placement(NamedTuple):
+  """Where every leaf of a TrainState lives, and the functions that put it
+  there: ``init``, ``abstract_state``, ``from_host`` of a DataParallel."""
+
+  shardings_of: Callable[[_step.TrainState], _step.TrainState]
+  init: _step.StateFn
+  abstract_state: _step.StateFn
+  from_host: Callable[[_step.TrainState], _step.TrainState]
+
+
+def _placement(
+  mesh: jax.sharding.Mesh,
+  optimizer: optax.GradientTransformation,
+  kinds_of: Callable[[_step.TrainState], _step.TrainState],
+) -> _Placement:
+  """Placement of the states of ``optimizer`` by ``kinds_of(state)``:
+  device-local leaves stored with a leading device axis, ZeRO-1 leaves split
+  by their specs, the rest replicated."""
+  axis = _data_axis(mesh)
+  n = mesh.shape[axis]
+
+  def shardings_of(state):
+    return _shardings(mesh, kinds_of(state))
+
+  def make_state(params, model_state):
+    state = _step.TrainState(params, optimizer.init(params), model_state)
+    return _map_local(
+      kinds_of(state), state, lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x)))
+    )
+
+  def abstract_state(params, model_state=None):
+    shapes = jax.eval_shape(make_state, params, model_state)
+    return jax.tree.map(
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes,
+      shardings_of(shapes),
+    )
+
+  def init(params, model_state=None):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params, model_state = _host.place(
+      (params, model_state),
+      jax.tree.map(lambda _: replicated, (params, model_state)),
+    )
+    shardings = shardings_of(jax.eval_shape(make_state, params, model_state))
+    return jax.jit(make_state, out_shardings=shardings)(params, model_state)
+
+  def from_host(host_state):
+    kinds = kinds_of(host_state) if isinstance(host_state, _step.TrainState) else None
+    _host.check_host_state(host_state, kinds, n)
+    return _host.place(host_state, shardings_of(host_state))
+
+  return _Placement(shardings_of, init, abstract_state, from_host)
+
+
+def _opt_state_kind(
+  mesh: jax.sharding.Mesh, zero1: bool
+) -> Callable[[optax.OptState], Any]:
+  """The kinds of an optimizer state that is not device-local."""
+  if zero1:
+    return lambda tree: _zero1_specs(tree, mesh)
+  return lambda tree: jax.tree.map(lambda _: _step.REPLICATED, tree)
+
+
+def mesh_data_parallel(
+  loss_fn: _step.LossFn,
+  optimizer: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh | None,
+  *,
+  zero1: bool,
+  micro_batches: int,
+  has_aux: bool,
+  donate: bool,
+) -> _step.DataParallel:
+  """The shared implementation of :func:`jit_data_parallel` and
+  :func:`shard_map_data_parallel`."""
+  mesh = data_mesh() if mesh is None else mesh
+  axis = _data_axis(mesh)
+  micro_batches = _step.check_micro_batches(micro_batches)
+  opt_state_kind = _opt_state_kind(mesh, zero1)
+  placement = _placement(
+    mesh,
+    optimizer,
+    lambda state: _step.state_kinds(state, optimizer, opt_state_kind),
+  )
+  gradient_kinds = (
+    (lambda params: _zero1_specs(params, mesh))
+    if zero1
+    else (lambda params: _step.REPLICATED)
+  )
+  step_fn = _step.make_train_step(
+    loss_fn,
+    optimizer,
+    axis_name=axis,
+    mapped=_mapped(mesh, axis),
+    has_aux=has_aux,
+    micro_batches=micro_batches,
+    gradient_kinds=gradient_kinds,
+    constrain=lambda tree, kinds: jax.lax.with_sharding_constraint(
+      tree, _shardings(mesh, kinds)
+    ),
+  )
+  per_device = NamedSharding(mesh, PartitionSpec(axis))
+
+  def compile_for(state, static):
+    del static
+    return jax.jit(
+      step_fn,
+      out_shardings=(placement.shardings_of(state), per_device),
+      donate_argnums=(0,) if donate else (),
+    )
+
+  return _step.DataParallel(
+    init=placement.init,
+    step=_CompiledPerStructure(compile_for, static=False),
+    shard_batch=lambda batch: global_batch(batch, mesh),
+    to_host=_host.to_host,
+    from_host=placement.from_host,
+    abstract_state=placement.abstract_state,
+  )
+
+
+class _CompiledPerStructure:
+  """A ``step(state, batch, **static_kwargs)`` that compiles
+  ``compile_for(state, static_kwargs)`` once per state structure (the
+  shardings depend on it) and, with ``static``, per keyword values;
+  ``step.lower`` lowers it."""
+
+  def __init__(
+    self,
+    compile_for: Callable[[_step.TrainState, dict[str, Hashable]], jax.stages.Wrapped],
+    *,
+    static: bool,
+  ):
+    self._compile_for = compile_for
+    self._static = static
+    self._compiled: dict[Hashable, jax.stages.Wrapped] = {}
+
+  def _jitted(
+    self, state: _step.TrainState, kwargs: dict[str, Hashable]
+  ) -> jax.stages.Wrapped:
+    if kwargs and not self._static:
+      raise TypeError(f"step takes no keyword arguments, got {sorted(kwargs)}")
+    key = (jax.tree.structure(state), tuple(sorted(kwargs.items())))
+    if key not in self._compiled:
+      self._compiled[key] = self._compile_for(state, kwargs)
+    return self._compiled[key]
+
+  def __call__(
+    self, state: _step.TrainState, batch: Any, **kwargs: Hashable
+  ) -> tuple[_step.TrainState, Any]:
+    return self._jitted(state, kwargs)(state, batch)
+
+  def lower(
+    self, state: _step.TrainState, batch: Any, **kwargs: Hashable
+  ) -> jax.stages.Lowered:
+    return self._jitted(state, kwargs).lower(state, batch)
+
+
+def jit_train_step(
+  train_step: Callable[..., tuple[_step.TrainState, Any]],
+  optimizer: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  zero1: bool = False,
+  donate: bool = True,
+) -> _step.DataParallel:
+  r"""Distributes a training step written for one device: ``jax.jit`` over a mesh.
+
+  ``train_step(state, batch, **static) -> (state, metrics)`` is the whole
+  step as written for one device on the global batch (loss, gradient,
+  ``optimizer.update``, ``optax.apply_updates``) on a :class:`TrainState`
+  whose ``opt_state`` comes from ``optimizer.init``. This places the batch
+  sharded over the mesh's data axis, the parameters, the model state and
+  the metrics replicated, and the optimizer state replicated or, with
+  ``zero1=True``, split over the data axis (:func:`zero1_shardings`), and
+  jits the step with those shardings: the compiler inserts the collectives.
+  For a mean loss the gradient is all-reduced once per step, and statistics
+  such as BatchNorm's are taken over the global batch, exactly as on one
+  device; with ZeRO-1 the compiler updates the parameters shard by shard and
+  gathers them.
+
+  Keyword arguments of ``step`` reach ``train_step`` as static values: each
+  distinct value compiles once (e.g. a flag that freezes part of the model).
+
+  To accumulate micro-batches with one gradient reduction per optimizer
+  step, or for per-device model state, let the package write the step from
+  the loss: :func:`jit_data_parallel`.
+
+  Args:
+    train_step: ``train_step(state, batch, **static) -> (state, metrics)``.
+    optimizer: the optimizer whose ``init`` gives ``state.opt_state``.
+    mesh: a one-axis mesh (default: :func:`data_mesh` over all devices).
+    zero1: split the optimizer state over the data axis (ZeRO stage 1).
+    donate: donate the input state to the step.
+
+  Returns:
+    A :class:`DataParallel` whose ``step(state, batch, **static)`` is the
+    distributed ``train_step``.
+  """
+  mesh = data_mesh() if mesh is None else mesh
+  opt_state_kind = _opt_state_kind(mesh, zero1)
+
+  def kinds_of(state):
+    replicated = lambda tree: jax.tree.map(lambda _: _step.REPLICATED, tree)
+    return _step.TrainState(
+      replicated(state.params),
+      opt_state_kind(state.opt_state),
+      replicated(state.model_state),
+    )
+
+  placement = _placement(mesh, optimizer, kinds_of)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def compile_for(state, static):
+    return jax.jit(
+      functools.partial(train_step, **static),
+      out_shardings=(placement.shardings_of(state), replicated),
+      donate_argnums=(0,) if donate else (),
+    )
+
+  return _step.DataParallel(
+    init=placement.init,
+    step=_CompiledPerStructure(compile_for, static=True),
+    shard_batch=lambda batch: global_batch(batch, mesh),
+    to_host=_host.to_host,
+    from_host=placement.from_host,
+    abstract_state=placement.abstract_state,
+  )
+
+
+def jit_data_parallel(
+  loss_fn: _step.LossFn,
+  optimizer: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  micro_batches: int = 1,
+  zero1: bool = False,
+  has_aux: bool = False,
+  donate: bool = True,
+) -> _step.DataParallel:
+  r"""A ``jax.jit`` data-parallel step over a mesh with one data axis.
+
+  The batch is sharded over the data axis and the parameters replicated.
+  Each device runs ``loss_fn`` on its slice of the batch (split into
+  ``micro_batches`` micro-batches, a ``lax.scan`` inside the compiled step)
+  in a ``jax.shard_map`` region, so the gradient stays device-local until
+  one reduction per optimizer step averages it:
+
+  .. math::
+
+    g = \frac{1}{n k} \sum_{d=1}^{n} \sum_{i=1}^{k}
+    \nabla_\theta \ell(\theta; B_{d,i})
+
+  which equals the gradient on the full batch for a mean loss. The optimizer
+  update and its application run under ``jit``'s global view. With
+  ``zero1=True`` every optimizer-state array with a dimension divisible by
+  the number of devices is split along it (:func:`zero1_shardings`): each
+  device keeps 1/n of the momentum, the gradient is reduce-scattered to
+  those shards (one ``psum_scatter``), each device updates 1/n of the
+  parameters, and the compiler all-gathers them: one reduce-scatter and one
+  all-gather per optimizer step. Transformations that read the whole
+  gradient (global-norm clipping, gradient restart) stay exact: the
+  compiler reduces across the shards.
+
+  Pass ``nag_optax.accumulate_gradients(optimizer, k)`` as the optimizer to
+  accumulate across calls instead: micro-steps then run no collective and
+  leave the parameters alone, and the emitting call reduces once.
+
+  Model state follows one rule on every path (:mod:`nag_optax.parallel`):
+  each device updates it from its own data, and the replicas are made equal
+  once per optimizer step (floats averaged, integers their maximum).
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)`` with
+      ``has_aux``), per device; with model state ``loss_fn(params, batch,
+      model_state) -> (loss, new_model_state)`` (or ``(loss,
+      (new_model_state, aux))``). Its collectives may use the mesh axis name
+      (e.g. Flax ``BatchNorm(axis_name=...)`` for statistics over the
+      global batch).
+    optimizer: an optax optimizer, or ``nag_optax.accumulate_gradients(...)``
+      (outermost, with the rest inside it). It receives ``value=`` the loss
+      averaged over devices (for ``restart="function"``).
+    mesh: a one-axis mesh (default: :func:`data_mesh` over all devices).
+    micro_batches: micro-batches per step: each device's slice of the batch
+      is split into this many equal parts whose gradients are averaged
+      inside the step before the one reduction.
+    zero1: shard the optimizer state over the data axis (ZeRO stage 1).
+    has_aux: whether ``loss_fn`` returns auxiliary outputs.
+    donate: donate the input state to the step.
+
+  Returns:
+    A :class:`DataParallel`.
+
+  Raises:
+    ValueError: for a mesh with more than one axis or a bad
+      ``micro_batches``; at the first step, for a batch whose per-device
+      slice ``micro_batches`` does not divide.
+  """
+  return mesh_data_parallel(
+    loss_fn,
+    optimizer,
+    mesh,
+    zero1=zero1,
+    micro_batches=micro_batches,
+    has_aux=has_aux,
+    donate=donate,
+  )
+
+
+def shard_map_data_parallel(
+  loss_fn: _step.LossFn,
+  optimizer: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  micro_batches: int = 1,
+  zero1: bool = False,
+  reduce_gradients: bool = True,
+  has_aux: bool = False,
+  donate: bool = True,
+) -> _step.DataParallel:
+  r"""A ``jax.jit(jax.shard_map(...))`` data-parallel step over a mesh.
+
+  The mesh step of :func:`jit_data_parallel` (the same program: per-device
+  work and the one reduction in ``jax.shard_map`` with explicit
+  collectives, ``lax.pmean`` or, with ``zero1=True``, ``lax.psum_scatter``;
+  the optimizer update under ``jit``), under the name of the API that JAX
+  recommends in place of ``pmap``. ``reduce_gradients`` is accepted for
+  code written against earlier versions, where an
+  ``accumulate_gradients(..., axis_name=...)`` optimizer averaged the
+  gradients itself: the step now always reduces once per optimizer step.
+
+  Args:
+    loss_fn: as for :func:`jit_data_parallel`.
+    optimizer: an optax optimizer, or ``nag_optax.accumulate_gradients(...)``.
+    mesh: a one-axis mesh (default: :func:`data_mesh` over all devices).
+    micro_batches: as for :func:`jit_data_parallel`.
+    zero1: as for :func:`jit_data_parallel`.
+    reduce_gradients: must be True unless ``optimizer`` is
+      ``accumulate_gradients(...)`` itself (where either value gives one
+      reduction per emitted step).
+    has_aux: whether ``loss_fn`` returns auxiliary outputs.
+    donate: donate the input state to the step.
+
+  Returns:
+    A :class:`DataParallel`.
+  """
+  _step.check_reduce_gradients(reduce_gradients, optimizer)
+  return mesh_data_parallel(
+    loss_fn,
+    optimizer,
+    mesh,
+    zero1=zero1,
+    micro_batches=micro_batches,
+    has_aux=has_aux,
+    donate=donate,
+  )
