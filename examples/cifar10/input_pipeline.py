@@ -1,37 +1,47 @@
-"""CIFAR-10 from the official "python version" files, read safely.
+"""CIFAR-10: the official files read safely, downloaded reliably, and the
+per-epoch augmentation plan applied on the device.
 
 `load_cifar10(data_dir)` accepts `data_dir/cifar-10-batches-py/` or
-`data_dir/cifar-10-python.tar.gz`, and with neither (and `download=True`)
-fetches the official archive, checks its MD5 and unpacks it. The files are
+`data_dir/cifar-10-python.tar.gz` (the official "python version"), and with
+neither (and `download=True`) fetches the official archive: with a time-out
+and retries, resuming a partial download, its MD5 checked. The files are
 pickles: they are read with an unpickler that admits only the builtin types
 those files contain, so a crafted file cannot run code.
+
+`epoch_plan` and `augment_batch` are airbench's augmentation (reflect-padded
+random crops, alternating flips) as pure functions on the device.
 """
 
 import hashlib
+import http.client
 import io
 import os
 import pickle
 import sys
 import tarfile
-import tempfile
+import time
+import urllib.error
 import urllib.request
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
+URL_ENV = "CIFAR10_URL"  # a mirror of the official archive, if set
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
-IMAGES_PER_FILE = 10_000
 NUM_CLASSES = 10
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 
 
 class DataError(ValueError):
-  """The CIFAR-10 files are missing, corrupt or not CIFAR-10."""
+  """The CIFAR-10 files are missing, corrupt, not CIFAR-10, or not
+  downloadable."""
 
 
 # What the batches reference: NumPy's array reconstruction (the official
@@ -73,29 +83,26 @@ def _unpickle(raw: bytes, name: str) -> dict:
 
 
 def _decode(batch: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
+  """(N, 32, 32, 3) uint8 images and N int32 labels (official files: N = 10000)."""
   data, labels = batch.get(b"data"), batch.get(b"labels")
   if data is None or labels is None:
     raise DataError(f"{name}: missing 'data' or 'labels' (keys: {sorted(batch)})")
   if isinstance(data, (bytes, bytearray)):
     data = np.frombuffer(data, np.uint8)
   data = np.asarray(data)
-  if data.dtype != np.uint8 or data.size != IMAGES_PER_FILE * 3072:
-    raise DataError(
-      f"{name}: 'data' should be {IMAGES_PER_FILE}x3072 uint8, got "
-      f"{data.dtype} with {data.size} values"
-    )
   labels = np.asarray(labels)
-  if labels.shape != (IMAGES_PER_FILE,) or not np.issubdtype(labels.dtype, np.integer):
-    raise DataError(f"{name}: 'labels' should be {IMAGES_PER_FILE} integers")
+  count = len(labels) if labels.ndim == 1 else -1
+  if data.dtype != np.uint8 or count < 1 or data.size != count * 3072:
+    raise DataError(
+      f"{name}: 'data' should be Nx3072 uint8 for its N labels, got "
+      f"{data.dtype} with {data.size} values and labels of shape {labels.shape}"
+    )
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f"{name}: 'labels' should be integers")
   if labels.min() < 0 or labels.max() >= NUM_CLASSES:
     raise DataError(f"{name}: labels outside 0..9")
-  images = data.reshape(IMAGES_PER_FILE, 3, 32, 32).transpose(0, 2, 3, 1)
+  images = data.reshape(count, 3, 32, 32).transpose(0, 2, 3, 1)
   return np.ascontiguousarray(images), labels.astype(np.int32)
-
-
-def _read_split(read, names) -> tuple[np.ndarray, np.ndarray]:
-  parts = [_decode(_unpickle(read(name), name), name) for name in names]
-  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _md5(path: str) -> str:
@@ -106,23 +113,103 @@ def _md5(path: str) -> str:
   return digest.hexdigest()
 
 
-def download(data_dir: str, url: str | None = None, md5: str | None = None) -> str:
-  """Downloads the archive into data_dir with a progress bar; checks its MD5.
+def _missing_data_message(data_dir: str, reason: str) -> str:
+  return (
+    f"{reason}\nCIFAR-10 is needed in {os.path.abspath(data_dir)}: download "
+    f"{ARCHIVE} (the 'CIFAR-10 python version', 163 MB, MD5 {MD5}) from "
+    "https://www.cs.toronto.edu/~kriz/cifar.html and put it, or its extracted "
+    f"{FOLDER}/ folder, there; or point --config.data_dir at the folder that "
+    f"holds it; or set {URL_ENV} to a mirror of the archive."
+  )
 
-  Writes to a temporary file and renames it only once the checksum matches,
-  so nothing half-written is left behind (also on an interrupted download).
-  `url` and `md5` default to the official archive's (read at call time).
+
+def download(
+  data_dir: str,
+  url: str | None = None,
+  md5: str | None = None,
+  *,
+  timeout_s: float = 60.0,
+  retries: int = 3,
+  backoff_s: float = 2.0,
+) -> str:
+  """Downloads the official archive into `data_dir`, resuming and retrying.
+
+  Bytes go to `<archive>.part`; an interrupted attempt (a lost connection, a
+  time-out, a killed process) leaves it in place and the next attempt asks
+  the server for the rest (an HTTP range request; a server that ignores it
+  sends everything again). Only once the whole file has the right MD5 is it
+  renamed to `cifar-10-python.tar.gz`; a file with the wrong checksum is
+  deleted.
+
+  Args:
+    data_dir: where the archive goes.
+    url: default: the `CIFAR10_URL` environment variable, else the official
+      address.
+    md5: the expected checksum (default: the official archive's).
+    timeout_s: seconds without progress before an attempt is abandoned.
+    retries: attempts after the first, `backoff_s` x 2^i seconds apart.
+    backoff_s: the first wait between attempts.
+
+  Returns:
+    The archive's path.
+
+  Raises:
+    DataError: with what to download and where to put it, when every
+      attempt failed or the checksum is wrong.
   """
-  url = URL if url is None else url
+  url = url or os.environ.get(URL_ENV) or URL
   md5 = MD5 if md5 is None else md5
   os.makedirs(data_dir, exist_ok=True)
   target = os.path.join(data_dir, ARCHIVE)
-  fd, tmp = tempfile.mkstemp(dir=data_dir, suffix=".part")
-  try:
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
-      total = int(response.headers.get("Content-Length") or 0)
-      done = 0
-      for chunk in iter(lambda: response.read(1 << 20), b""):
+  part = target + ".part"
+  for attempt in range(retries + 1):
+    try:
+      _fetch(url, part, timeout_s)
+      break
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+      reason = getattr(error, "reason", error)
+      if attempt == retries:
+        raise DataError(
+          _missing_data_message(
+            data_dir,
+            f"Could not download {url} ({reason}) after {retries + 1} attempts.",
+          )
+        ) from None
+      wait = backoff_s * 2**attempt
+      sys.stderr.write(f"\ndownload failed ({reason}); retrying in {wait:.0f} s\n")
+      time.sleep(wait)
+  if _md5(part) != md5:
+    os.remove(part)
+    raise DataError(
+      _missing_data_message(
+        data_dir, f"The file downloaded from {url} has the wrong MD5."
+      )
+    )
+  os.replace(part, target)
+  return target
+
+
+def _fetch(url: str, part: str, timeout_s: float) -> None:
+  """One attempt: appends the rest of `url` to `part`, with a progress bar."""
+  done = os.path.getsize(part) if os.path.exists(part) else 0
+  request = urllib.request.Request(url)
+  if done:
+    request.add_header("Range", f"bytes={done}-")
+  with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    resumed = getattr(response, "status", 200) == 206
+    mode = "ab" if resumed else "wb"
+    done = done if resumed else 0
+    total = done + int(response.headers.get("Content-Length") or 0)
+    with open(part, mode) as out:
+      while True:
+        try:
+          chunk = response.read(1 << 20)
+        except http.client.IncompleteRead as error:  # keep what did arrive
+          out.write(error.partial)
+          got = done + len(error.partial)
+          raise OSError(f"connection closed after {got} bytes") from None
+        if not chunk:
+          break
         out.write(chunk)
         done += len(chunk)
         if total:
@@ -130,14 +217,16 @@ def download(data_dir: str, url: str | None = None, md5: str | None = None) -> s
           sys.stderr.write(
             f"\rCIFAR-10 [{bar:<30}] {done / 2**20:.0f}/{total / 2**20:.0f} MiB"
           )
-    sys.stderr.write("\n")
-    if _md5(tmp) != md5:
-      raise DataError(f"downloaded {url} has the wrong MD5 checksum; try again")
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return target
+  sys.stderr.write("\n")
+  if total and done < total:
+    raise OSError(f"connection closed after {done} of {total} bytes")
+
+
+def has_cifar10(data_dir: str) -> bool:
+  """Whether `data_dir` holds the extracted folder or the archive."""
+  return os.path.isdir(os.path.join(data_dir, FOLDER)) or os.path.isfile(
+    os.path.join(data_dir, ARCHIVE)
+  )
 
 
 def load_cifar10(data_dir: str, *, download: bool = True) -> dict[str, np.ndarray]:
@@ -151,11 +240,12 @@ def load_cifar10(data_dir: str, *, download: bool = True) -> dict[str, np.ndarra
   Returns:
     {"train_images": (50000, 32, 32, 3) uint8, "train_labels": (50000,)
     int32, "test_images": (10000, 32, 32, 3) uint8, "test_labels": (10000,)
-    int32}.
+    int32, "md5": the MD5 of the six batch files' bytes in order, which
+    identifies the copy whichever layout it came in}.
 
   Raises:
-    DataError: missing files, wrong checksum, truncated or foreign pickles,
-      wrong shapes or labels.
+    DataError: missing files (with what to download and where), wrong
+      checksum, truncated or foreign pickles, wrong shapes or labels.
   """
   folder = os.path.join(data_dir, FOLDER)
   archive = os.path.join(data_dir, ARCHIVE)
@@ -172,8 +262,7 @@ def load_cifar10(data_dir: str, *, download: bool = True) -> dict[str, np.ndarra
   if not os.path.isfile(archive):
     if not download:
       raise DataError(
-        f"no CIFAR-10 in {data_dir!r}: expected {FOLDER}/ or {ARCHIVE} "
-        "(or pass download=True)"
+        _missing_data_message(data_dir, f"No CIFAR-10 in {data_dir} (download is off).")
       )
     archive = globals()["download"](data_dir)
   elif _md5(archive) != MD5:
@@ -193,16 +282,129 @@ def load_cifar10(data_dir: str, *, download: bool = True) -> dict[str, np.ndarra
 
 
 def _assemble(read) -> dict[str, np.ndarray]:
-  train_images, train_labels = _read_split(read, TRAIN_FILES)
-  test_images, test_labels = _read_split(read, TEST_FILES)
+  digest = hashlib.md5()
+  split = {}
+  for name in TRAIN_FILES + TEST_FILES:
+    raw = read(name)
+    digest.update(raw)
+    split[name] = _decode(_unpickle(raw, name), name)
+
+  def join(names):
+    return (np.concatenate([split[n][i] for n in names]) for i in (0, 1))
+
+  train_images, train_labels = join(TRAIN_FILES)
+  test_images, test_labels = join(TEST_FILES)
   return {
     "train_images": train_images,
     "train_labels": train_labels,
     "test_images": test_images,
     "test_labels": test_labels,
+    "md5": digest.hexdigest(),
   }
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
+def write_synthetic(data_dir: str, images_per_file: int = 512, seed: int = 0) -> str:
+  """A small learnable stand-in for CIFAR-10 in the official layout.
+
+  Writes `data_dir/cifar-10-batches-py/` (five training batches, a test
+  batch and `batches.meta`, protocol-2 pickles with bytes keys as in the
+  official archive) of `images_per_file` images each. Each class has its
+  own colour and ring frequency under heavy noise, so a small network
+  learns it in a few steps (mirror images and small shifts keep the class,
+  as in CIFAR-10): for tests and smoke runs, never for figures.
+
+  Returns:
+    The folder written.
+  """
+  rng = np.random.default_rng(seed)
+  folder = os.path.join(data_dir, FOLDER)
+  os.makedirs(folder, exist_ok=True)
+  colours = rng.uniform(40, 215, (NUM_CLASSES, 3))
+  yy, xx = np.mgrid[0:32, 0:32] - 15.5
+  radius = np.hypot(xx, yy)
+  rings = np.stack([np.sin(radius * f) for f in np.linspace(0.3, 1.5, NUM_CLASSES)])
+  for name in TRAIN_FILES + TEST_FILES:
+    labels = rng.integers(0, NUM_CLASSES, images_per_file)
+    images = colours[labels][:, None, None, :] + 30 * rings[labels][..., None]
+    images = images + rng.normal(0, 40, images.shape)
+    data = np.clip(images, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+    batch = {
+      b"batch_label": name.encode(),
+      b"labels": labels.tolist(),
+      b"data": data.reshape(images_per_file, 3072),
+      b"filenames": [f"{name}_{i}.png".encode() for i in range(images_per_file)],
+    }
+    with open(os.path.join(folder, name), "wb") as f:
+      pickle.dump(batch, f, protocol=2)
+  meta = {b"label_names": [f"class{i}".encode() for i in range(NUM_CLASSES)]}
+  with open(os.path.join(folder, "batches.meta"), "wb") as f:
+    pickle.dump(meta, f, protocol=2)
+  return folder
+
+
+def normalize(images):
   """uint8 NHWC to float32, per-channel standardised (CIFAR-10 statistics)."""
   return (images.astype(np.float32) / 255.0 - MEAN) / STD
+
+
+def split_validation(data: dict, validation_images: int) -> dict:
+  """Holds out the last `validation_images` training images as the set to
+  evaluate on (returned as "eval_*"); without, the test set is evaluated."""
+  data = dict(data)
+  if validation_images:
+    if validation_images >= len(data["train_labels"]):
+      raise ValueError(
+        f"config.validation_images={validation_images} leaves no training images "
+        f"of {len(data['train_labels'])}"
+      )
+    data["eval_images"] = data["train_images"][-validation_images:]
+    data["eval_labels"] = data["train_labels"][-validation_images:]
+    data["train_images"] = data["train_images"][:-validation_images]
+    data["train_labels"] = data["train_labels"][:-validation_images]
+  else:
+    data["eval_images"], data["eval_labels"] = data["test_images"], data["test_labels"]
+  return data
+
+
+def epoch_plan(
+  data_key, epoch, *, num_images: int, crop_padding: int, alternating: bool
+):
+  """The order, crop offsets and mirroring of every image in one epoch.
+
+  A pure function of (key, epoch): resuming at any step re-creates the same
+  data. Alternating flip: a random half is mirrored in epoch 0 and every
+  image changes orientation each epoch (airbench); else a coin per epoch.
+  """
+  flip_key, epoch_key = jax.random.split(data_key)
+  perm_key, crop_key, coin_key = jax.random.split(
+    jax.random.fold_in(epoch_key, epoch), 3
+  )
+  if alternating:
+    base = jax.random.bernoulli(flip_key, 0.5, (num_images,))
+    flips = jnp.logical_xor(base, epoch % 2 == 1)
+  else:
+    flips = jax.random.bernoulli(coin_key, 0.5, (num_images,))
+  return {
+    "perm": jax.random.permutation(perm_key, num_images).astype(jnp.int32),
+    "shifts": jax.random.randint(crop_key, (num_images, 2), 0, 2 * crop_padding + 1),
+    "flips": flips,
+  }
+
+
+def augment_batch(padded_images, labels, plan, start, *, batch: int, size: int = 32):
+  """One augmented, normalised batch from the padded uint8 set on the device.
+
+  Gathers images plan["perm"][start:start + batch], crops each at its offset
+  (vectorised dynamic slices), mirrors the flagged ones, normalises.
+  """
+  idx = jax.lax.dynamic_slice_in_dim(plan["perm"], start, batch)
+  images = padded_images[idx]
+  shifts = plan["shifts"][idx]
+
+  def crop(image, shift):
+    return jax.lax.dynamic_slice(image, (shift[0], shift[1], 0), (size, size, 3))
+
+  images = jax.vmap(crop)(images, shifts)
+  flips = plan["flips"][idx][:, None, None, None]
+  images = jnp.where(flips, images[:, :, ::-1], images)
+  return normalize(images), labels[idx]

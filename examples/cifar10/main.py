@@ -35,19 +35,27 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
   config = FLAGS.config
-  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  if config.deterministic:  # must reach XLA before the backend starts
-    os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
-    ).strip()
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  xla_flags = [config.xla_flags]
+  if config.cpu_devices:
+    xla_flags.append(f"--xla_force_host_platform_device_count={config.cpu_devices}")
+  if config.deterministic:
+    xla_flags.append("--xla_gpu_deterministic_ops=true")
+  # XLA reads its flags when the backend starts: before JAX is used.
+  os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), *xla_flags]
+  ).strip()
 
   from nag_optax import parallel
 
   parallel.initialize()  # joins a `python -m nag_optax launch` run, else no-op
-  import train  # imports JAX-using modules after the flags are set
+  import input_pipeline
+  import train
 
-  train.train_and_evaluate(config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
+  except input_pipeline.DataError as error:
+    sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,30 @@
-"""Networks for the CIFAR-10 example (Flax linen modules only).
+"""airbench94's network as a Flax NNX module.
 
-`Airbench94` is the network of Jordan's airbench94 (about 1.97M parameters
-at the default widths): a frozen 2x2 patch-whitening convolution, three
-conv-pool-BatchNorm groups and a linear head. `ResNet18` is the usual CIFAR
-ResNet-18 (3x3 stem, no max-pool, 11.2M parameters) for users who want a
-standard network. Both are channels-last (NHWC) and take normalised images.
+`Airbench94` (about 1.97M parameters at the default widths): a frozen 2x2
+patch-whitening convolution, three conv-pool-BatchNorm groups and a linear
+head, channels-last (NHWC), on normalised images.
 
 References:
   Jordan, 94% on CIFAR-10 in 3.29 Seconds on a Single GPU, 2024,
   https://arxiv.org/abs/2404.00498
-
-  He et al., Deep Residual Learning for Image Recognition, 2016,
-  https://arxiv.org/abs/1512.03385
 """
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+from flax import nnx
 
 WHITEN_KERNEL = 2  # The whitening convolution's kernel size.
 WHITEN_WIDTH = 2 * 3 * WHITEN_KERNEL**2  # Eigenvectors of 12-dim patches and negations.
+
+
+class Whitening(nnx.Variable):
+  """The whitening filters: set from the data (`whitening_kernel`), never
+  trained. A variable type of its own, so `nnx.split(model, nnx.Param, ...)`
+  keeps them out of the trained parameters."""
 
 
 def torch_uniform_init(key, shape, dtype=jnp.float32):
@@ -64,112 +63,126 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
-class ConvGroup(nn.Module):
+class ConvGroup(nnx.Module):
   """conv3x3 -> maxpool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU."""
 
-  width: int
-  bn_momentum: float
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
+  def __init__(self, in_features, width, *, bn_momentum, dtype, axis_name, rngs):
+    def conv(cin):
+      return nnx.Conv(
+        cin,
+        width,
+        (3, 3),
+        padding="SAME",
+        use_bias=False,
+        kernel_init=dirac_init,
+        dtype=dtype,
+        rngs=rngs,
+      )
 
-  @nn.compact
-  def __call__(self, x, train: bool):
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=self.bn_momentum,
-      epsilon=1e-12,
-      use_scale=False,  # airbench: weight fixed at 1, bias trained.
-      use_fast_variance=False,  # E[(x-m)^2]: eps 1e-12 leaves no slack.
-      dtype=jnp.float32,  # statistics and normalisation in float32.
-      axis_name=self.axis_name,
-    )
-    conv = functools.partial(
-      nn.Conv,
-      kernel_size=(3, 3),
-      padding="SAME",
-      use_bias=False,
-      kernel_init=dirac_init,
-      dtype=self.dtype,
-    )
-    x = conv(self.width, name="conv1")(x)
-    x = max_pool2(x)
-    x = gelu(norm(name="norm1")(x).astype(self.dtype))
-    x = conv(self.width, name="conv2")(x)
-    x = gelu(norm(name="norm2")(x).astype(self.dtype))
-    return x
+    def norm():
+      return nnx.BatchNorm(
+        width,
+        momentum=bn_momentum,
+        epsilon=1e-12,
+        use_scale=False,  # airbench: weight fixed at 1, bias trained.
+        use_fast_variance=False,  # E[(x-m)^2]: eps 1e-12 leaves no slack.
+        dtype=jnp.float32,  # statistics and normalisation in float32.
+        axis_name=axis_name,
+        rngs=rngs,
+      )
+
+    self.dtype = dtype
+    self.conv1, self.norm1 = conv(in_features), norm()
+    self.conv2, self.norm2 = conv(width), norm()
+
+  def __call__(self, x, *, train: bool):
+    x = max_pool2(self.conv1(x))
+    x = gelu(self.norm1(x, use_running_average=not train).astype(self.dtype))
+    x = self.conv2(x)
+    return gelu(self.norm2(x, use_running_average=not train).astype(self.dtype))
 
 
-class Airbench94(nn.Module):
+class Airbench94(nnx.Module):
   """airbench94's network: whitening conv, three conv groups, linear head.
 
-  The whitening kernel (`whiten/kernel`) is set from the data by
-  `whitening_kernel` and never trained; its bias trains for the first epochs
-  only (the optimizer handles both, see train.py).
+  The whitening kernel (a `Whitening` variable) is set from the data by
+  `whitening_kernel`; its bias trains for the first epochs only (the
+  optimizer's learning rate for it drops to 0, see train.py).
 
-  Attributes:
+  Args:
     widths: channels of the three groups (airbench94: 64, 256, 256).
-    bn_momentum: Flax BatchNorm momentum, the weight on the old running
-      value (airbench's PyTorch momentum 0.4 -> 0.6 here).
+    bn_momentum: the BatchNorm momentum, the weight on the old running value
+      (airbench's PyTorch momentum 0.4 -> 0.6 here).
     scaling_factor: the logits' scale (airbench: 1/9).
     num_classes: output classes.
     dtype: compute dtype of the convolutions (float32 or bfloat16);
       parameters and BatchNorm stay float32.
-    axis_name: pmap axis name for cross-device BatchNorm statistics (None
-      under jit, where the compiler reduces over the global batch).
+    axis_name: the mesh or pmap axis over which BatchNorm averages its
+      statistics (None: each device's own batch).
+    rngs: the initialisation's random streams.
   """
 
-  widths: Sequence[int] = (64, 256, 256)
-  bn_momentum: float = 0.6
-  scaling_factor: float = 1 / 9
-  num_classes: int = 10
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x, train: bool = True, whiten_bias_trainable: bool = True):
-    """Logits; `whiten_bias_trainable=False` stops the gradient below group 1.
-
-    The whitening kernel never gets a gradient (it is set from the data);
-    once its bias is frozen nothing below the first conv group trains, and
-    stopping the gradient there skips that work in the backward pass (as
-    PyTorch's autograd does for airbench's `requires_grad=False`).
-    """
-    x = x.astype(self.dtype)
-    x = _WhiteningConv(name="whiten", dtype=self.dtype)(x)
-    x = gelu(x)
-    if not whiten_bias_trainable:
-      x = jax.lax.stop_gradient(x)
-    for i, width in enumerate(self.widths):
-      x = ConvGroup(
-        width, self.bn_momentum, self.dtype, self.axis_name, name=f"group{i + 1}"
-      )(x, train)
-    x = jnp.max(x, axis=(1, 2))  # MaxPool2d(3) of the 3x3 map, then flatten.
-    x = nn.Dense(
-      self.num_classes,
+  def __init__(
+    self,
+    widths: Sequence[int] = (64, 256, 256),
+    *,
+    bn_momentum: float = 0.6,
+    scaling_factor: float = 1 / 9,
+    num_classes: int = 10,
+    dtype: Any = jnp.float32,
+    axis_name: str | None = None,
+    rngs: nnx.Rngs,
+  ):
+    shape = (WHITEN_KERNEL, WHITEN_KERNEL, 3, WHITEN_WIDTH)
+    self.whiten_kernel = Whitening(torch_uniform_init(rngs.params(), shape))
+    self.whiten_bias = nnx.Param(jnp.zeros(WHITEN_WIDTH))
+    channels = (WHITEN_WIDTH, *widths)
+    self.groups = nnx.List(
+      [
+        ConvGroup(
+          cin,
+          cout,
+          bn_momentum=bn_momentum,
+          dtype=dtype,
+          axis_name=axis_name,
+          rngs=rngs,
+        )
+        for cin, cout in zip(channels[:-1], channels[1:], strict=True)
+      ]
+    )
+    self.head = nnx.Linear(
+      widths[-1],
+      num_classes,
       use_bias=False,
       kernel_init=torch_uniform_init,
-      dtype=self.dtype,
-      name="head",
-    )(x)
-    return x.astype(jnp.float32) * self.scaling_factor
-
-
-class _WhiteningConv(nn.Module):
-  """The 2x2 "VALID" whitening conv; its kernel gets no gradient."""
-
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    shape = (WHITEN_KERNEL, WHITEN_KERNEL, x.shape[-1], WHITEN_WIDTH)
-    kernel = self.param("kernel", torch_uniform_init, shape)
-    bias = self.param("bias", nn.initializers.zeros_init(), (WHITEN_WIDTH,))
-    kernel = jax.lax.stop_gradient(kernel).astype(self.dtype)
-    y = jax.lax.conv_general_dilated(
-      x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      dtype=dtype,
+      rngs=rngs,
     )
-    return y + bias.astype(self.dtype)
+    self.scaling_factor = scaling_factor
+    self.dtype = dtype
+
+  def __call__(self, x, *, train: bool, whiten_bias_trainable: bool = True):
+    """Logits; `whiten_bias_trainable=False` stops the gradient below group 1.
+
+    Once the whitening bias is frozen nothing below the first conv group
+    trains, and stopping the gradient there skips that work in the backward
+    pass (as PyTorch's autograd does for airbench's `requires_grad=False`).
+    """
+    kernel = jax.lax.stop_gradient(self.whiten_kernel[...]).astype(self.dtype)
+    x = jax.lax.conv_general_dilated(
+      x.astype(self.dtype),
+      kernel,
+      (1, 1),
+      "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    x = gelu(x + self.whiten_bias[...].astype(self.dtype))
+    if not whiten_bias_trainable:
+      x = jax.lax.stop_gradient(x)
+    for group in self.groups:
+      x = group(x, train=train)
+    x = jnp.max(x, axis=(1, 2))  # MaxPool2d(3) of the 3x3 map, then flatten.
+    return self.head(x).astype(jnp.float32) * self.scaling_factor
 
 
 def whitening_kernel(images: jax.Array, eps: float = 5e-4) -> jax.Array:
@@ -185,7 +198,7 @@ def whitening_kernel(images: jax.Array, eps: float = 5e-4) -> jax.Array:
     eps: added to the eigenvalues.
 
   Returns:
-    The (2, 2, 3, 24) float32 kernel for `whiten/kernel`.
+    The (2, 2, 3, 24) float32 kernel of `Airbench94.whiten_kernel`.
   """
   x = images.astype(jnp.float32)
   k = WHITEN_KERNEL
@@ -202,93 +215,18 @@ def whitening_kernel(images: jax.Array, eps: float = 5e-4) -> jax.Array:
   return jnp.concatenate([kernel, -kernel], axis=-1)
 
 
-class BasicBlock(nn.Module):
-  """ResNet basic block: two 3x3 convs with BN, identity or 1x1 shortcut."""
-
-  width: int
-  strides: int
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=jnp.float32,
-      axis_name=self.axis_name,
-    )
-    conv = functools.partial(
-      nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=torch_uniform_init
-    )
-    y = conv(self.width, (3, 3), self.strides, padding=1, name="conv1")(x)
-    y = nn.relu(norm(name="norm1")(y)).astype(self.dtype)
-    y = conv(self.width, (3, 3), padding=1, name="conv2")(y)
-    y = norm(name="norm2")(y)
-    if self.strides != 1 or x.shape[-1] != self.width:
-      x = conv(self.width, (1, 1), self.strides, name="shortcut_conv")(x)
-      x = norm(name="shortcut_norm")(x)
-    return nn.relu(y + x).astype(self.dtype)
-
-
-class ResNet18(nn.Module):
-  """CIFAR ResNet-18: 3x3 stem, four stages of two basic blocks, linear head."""
-
-  widths: Sequence[int] = (64, 128, 256, 512)
-  num_classes: int = 10
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x, train: bool = True):
-    x = x.astype(self.dtype)
-    x = nn.Conv(
-      self.widths[0],
-      (3, 3),
-      padding=1,
-      use_bias=False,
-      dtype=self.dtype,
-      kernel_init=torch_uniform_init,
-      name="stem_conv",
-    )(x)
-    x = nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=jnp.float32,
-      axis_name=self.axis_name,
-      name="stem_norm",
-    )(x)
-    x = nn.relu(x).astype(self.dtype)
-    for stage, width in enumerate(self.widths):
-      for block in range(2):
-        strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(
-          width, strides, self.dtype, self.axis_name, name=f"stage{stage + 1}_{block}"
-        )(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-    return x.astype(jnp.float32)
-
-
-def create_model(config) -> nn.Module:
-  """The network named by `config.model` ("airbench94" or "resnet18")."""
+def create_model(config, *, axis_name: str | None = None, seed: int = 0) -> Airbench94:
+  """The network of `config` (widths, BatchNorm momentum, compute dtype)."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.compute_dtype]
-  if config.model == "airbench94":
-    return Airbench94(
-      widths=tuple(config.widths),
-      bn_momentum=config.bn_momentum,
-      scaling_factor=config.scaling_factor,
-      dtype=dtype,
-    )
-  if config.model == "resnet18":
-    return ResNet18(dtype=dtype)
-  raise ValueError(
-    f"config.model must be 'airbench94' or 'resnet18', got {config.model!r}"
+  return Airbench94(
+    tuple(config.widths),
+    bn_momentum=config.bn_momentum,
+    scaling_factor=config.scaling_factor,
+    dtype=dtype,
+    axis_name=axis_name,
+    rngs=nnx.Rngs(seed),
   )
 
 
 def param_count(params) -> int:
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+  return int(sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params)))

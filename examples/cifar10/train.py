@@ -1,28 +1,31 @@
-"""airbench94 in Flax with nag_optax: the optimizer, the steps and the loop.
+"""airbench94 on CIFAR-10 with nag_optax.nesterov, in Flax NNX.
 
-`create_optimizer` builds the optimizer in one place; `loss_fn`, `eval_step`
-and the augmentation are pure functions; `train_and_evaluate` runs the loop
-(data parallel over a `jit` + `NamedSharding` mesh through
-`nag_optax.parallel`, lookahead, checkpoints, logs).
+Read top to bottom: the optimizer (`create_optimizer`), the pure steps
+(`train_step`: loss, gradient, `tx.update`, apply; `eval_step`; `ema_reset`),
+then the loop (`train_and_evaluate`). `nag_optax.parallel.jit_train_step`
+distributes `train_step` over the devices: the batch split across them, the
+state replicated (or the optimizer state split, ZeRO-1), statistics over
+the global batch as on one device.
 """
 
+import contextlib
 import functools
-import json
 import math
 import os
+import platform
+import subprocess
 import time
-import types
-from typing import Any
 
 import input_pipeline
 import jax
 import jax.numpy as jnp
+import metrics as metrics_lib
 import ml_collections
 import models
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import summaries
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
@@ -30,7 +33,7 @@ import nag_optax
 from nag_optax import parallel
 
 # --------------------------------------------------------------------------
-# The optimizer (the one place it is built).
+# The optimizer (built in this one place).
 
 
 def lr_factor(step, total_steps: int, config) -> jax.Array:
@@ -57,19 +60,16 @@ def per_step_hyperparameters(config) -> tuple[float, float]:
   return lr, wd
 
 
-def param_labels(params) -> Any:
-  """Optimizer group of each parameter.
-
-  "frozen": the whitening kernel (set from the data, never trained);
-  "whiten_bias": its bias (trains for whiten_bias_epochs); "bn_bias":
-  BatchNorm biases (bias_scaler x lr); "other": everything else.
-  """
+def param_labels(params) -> dict:
+  """Optimizer group of each trained parameter: "whiten_bias" (trains for
+  whiten_bias_epochs), "bn_bias" (BatchNorm biases, bias_scaler x lr) or
+  "other"."""
 
   def label(path, _):
-    names = [getattr(k, "key", str(k)) for k in path]
-    if names[0] == "whiten":
-      return "frozen" if names[-1] == "kernel" else "whiten_bias"
-    if len(names) >= 2 and "norm" in names[-2] and names[-1] == "bias":
+    names = [str(getattr(k, "key", k)) for k in path]
+    if names[0] == "whiten_bias":
+      return "whiten_bias"
+    if names[-2].startswith("norm") and names[-1] == "bias":
       return "bn_bias"
     return "other"
 
@@ -85,12 +85,13 @@ def create_optimizer(
   `weight_decay = wd / lr`: coupled L2 inside the momentum buffer, so the
   decay per step is `lr_t * wd / lr = wd * factor_t` (it follows the
   schedule). `form="pytorch"` with `decoupled_weight_decay=False` is exactly
-  that update. Each group gets its own `nesterov`; BatchNorm biases have
+  that update. Each group gets its own `nesterov`: BatchNorm biases have
   `bias_scaler` times the lr and `wd / (bias_scaler * lr)` as coefficient
-  (the same decay per step). The whitening bias's lr drops to 0 after
-  `whiten_bias_epochs` (masking the update; its buffer keeps moving unseen).
-  With `accum_steps > 1` the whole thing is wrapped in
-  `nag_optax.accumulate_gradients`, whose schedules count emitted steps.
+  (the same decay per step); the whitening bias's lr drops to 0 after
+  `whiten_bias_epochs` (its update masked, as `requires_grad=False` does).
+  With `accum_steps > 1`, `nag_optax.accumulate_gradients` sums that many
+  micro-batches' gradients (the loss is summed, so their sum is the whole
+  batch's gradient) and its schedules count optimizer steps.
   """
   lr, wd = per_step_hyperparameters(config)
   whiten_bias_steps = config.whiten_bias_epochs * steps_per_epoch
@@ -113,161 +114,312 @@ def create_optimizer(
       "other": group(lr),
       "bn_bias": group(lr * config.bias_scaler),
       "whiten_bias": group(lr, until=whiten_bias_steps),
-      "frozen": optax.set_to_zero(),
     },
     param_labels,
   )
   if config.accum_steps > 1:
-    tx = nag_optax.accumulate_gradients(tx, config.accum_steps)
+    tx = nag_optax.accumulate_gradients(tx, config.accum_steps, use_grad_mean=False)
   return tx
 
 
 # --------------------------------------------------------------------------
-# Pure steps.
+# The steps: pure functions of arrays.
 
 
-def loss_fn(model, config, params, batch, model_state, whiten_bias_trainable=True):
-  """Label-smoothed cross-entropy summed over the optimizer-step batch.
-
-  Written as the mean over the examples in `batch` times `batch_size` (the
-  global batch of one optimizer step): the gradient is airbench's summed
-  loss whether the batch is split over devices (mean over the global batch
-  under jit) or over micro-batches (accumulate_gradients averages them).
-  """
+def loss_fn(params, model_state, batch, *, graphdef, config, whiten_bias_trainable):
+  """airbench's loss: label-smoothed cross-entropy summed over the batch."""
+  model = nnx.merge(graphdef, params, model_state)
   images, labels = batch
-  extra = {} if whiten_bias_trainable else {"whiten_bias_trainable": False}
-  logits, updates = model.apply(
-    {"params": params, "batch_stats": model_state},
-    images,
-    train=True,
-    mutable=["batch_stats"],
-    **extra,
-  )
+  logits = model(images, train=True, whiten_bias_trainable=whiten_bias_trainable)
   targets = optax.smooth_labels(
     jax.nn.one_hot(labels, logits.shape[-1]), config.label_smoothing
   )
-  ce = optax.softmax_cross_entropy(logits, targets).mean()
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  loss = ce * config.batch_size
-  return loss, (updates["batch_stats"], {"loss": ce, "accuracy": accuracy})
+  losses = optax.softmax_cross_entropy(logits, targets)
+  metrics = {
+    "train_loss": jnp.mean(losses),
+    "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+  }
+  _, _, model_state = nnx.split(model, nnx.Param, ...)
+  return jnp.sum(losses), (nnx.as_pure(model_state), metrics)
 
 
-def eval_step(model, variables, images, tta_level: int):
-  """Predicted classes for normalised test images: (plain, with TTA).
+def train_step(state, batch, *, graphdef, tx, config, whiten_bias_trainable=True):
+  """One optimizer call: loss and gradient, `tx.update`, apply."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, (model_state, metrics)), grads = grad_fn(
+    state.params,
+    state.model_state,
+    batch,
+    graphdef=graphdef,
+    config=config,
+    whiten_bias_trainable=whiten_bias_trainable,
+  )
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return parallel.TrainState(params, opt_state, model_state), metrics
 
-  The plain prediction is one view; the TTA one averages logits over views.
+
+def eval_step(params, model_state, images, *, graphdef, tta_level: int):
+  """Predicted classes for normalised images: (one view, test-time augmented).
+
   tta_level 0: one view (both equal); 1: the image and its mirror; 2: half
   that plus half the mean over the two 1-pixel (reflect-padded) diagonal
   shifts of their mirror averages (airbench's 6 views). The plain view is
   one of the TTA views, so one call gives both.
   """
-
-  def net(x):
-    return model.apply(variables, x, train=False)
-
+  model = nnx.merge(graphdef, params, model_state)
+  net = functools.partial(model, train=False)
   plain = net(images)
-  if tta_level == 0:
-    tta = plain
-  else:
-    mirror = 0.5 * plain + 0.5 * net(images[:, :, ::-1])
-    tta = mirror
-    if tta_level == 2:
-      padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-      h, w = images.shape[1:3]
-      shifted = 0.0
-      for x in (padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]):
-        shifted = shifted + 0.25 * (net(x) + net(x[:, :, ::-1]))
-      tta = 0.5 * mirror + 0.5 * shifted
+  tta = plain
+  if tta_level >= 1:
+    tta = mirror = 0.5 * plain + 0.5 * net(images[:, :, ::-1])
+  if tta_level >= 2:
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    h, w = images.shape[1:3]
+    shifted = 0.0
+    for x in (padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]):
+      shifted = shifted + 0.25 * (net(x) + net(x[:, :, ::-1]))
+    tta = 0.5 * mirror + 0.5 * shifted
   return jnp.argmax(plain, -1), jnp.argmax(tta, -1)
 
 
-def epoch_plan(data_key, epoch, num_images: int, crop_padding: int, alternating: bool):
-  """The order, crop offsets and mirroring of every image in one epoch.
-
-  A pure function of (key, epoch): resuming at any step re-creates the
-  same data. Alternating flip: a random half is mirrored in epoch 0 and
-  every image changes orientation each epoch.
-  """
-  flip_key, epoch_key = jax.random.split(data_key)
-  perm_key, crop_key, coin_key = jax.random.split(
-    jax.random.fold_in(epoch_key, epoch), 3
-  )
-  if alternating:
-    base = jax.random.bernoulli(flip_key, 0.5, (num_images,))
-    flips = jnp.logical_xor(base, epoch % 2 == 1)
-  else:
-    flips = jax.random.bernoulli(coin_key, 0.5, (num_images,))
-  return {
-    "perm": jax.random.permutation(perm_key, num_images).astype(jnp.int32),
-    "shifts": jax.random.randint(crop_key, (num_images, 2), 0, 2 * crop_padding + 1),
-    "flips": flips,
-  }
-
-
-def augment_batch(padded_images, labels, plan, start, batch: int, size: int):
-  """One augmented, normalised batch from the padded uint8 set on the device.
-
-  Gathers images plan["perm"][start:start + batch], crops each at its offset
-  (vectorised dynamic slices), mirrors the flagged ones, normalises.
-  """
-  idx = jax.lax.dynamic_slice_in_dim(plan["perm"], start, batch)
-  images = padded_images[idx]
-  shifts = plan["shifts"][idx]
-
-  def crop(image, shift):
-    return jax.lax.dynamic_slice(image, (shift[0], shift[1], 0), (size, size, 3))
-
-  images = jax.vmap(crop)(images, shifts)
-  flips = plan["flips"][idx][:, None, None, None]
-  images = jnp.where(flips, images[:, :, ::-1], images)
-  mean = jnp.asarray(input_pipeline.MEAN)
-  std = jnp.asarray(input_pipeline.STD)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std, labels[idx]
-
-
-def lookahead(ema, params, model_state, decay):
-  """ema <- decay * ema + (1 - decay) * net; net <- ema (params and BN stats)."""
-  net = {"params": params, "batch_stats": model_state}
+def ema_reset(ema, state, decay):
+  """airbench's weight averaging ("lookahead" there): an exponential moving
+  average of the weights and BatchNorm statistics, copied back into the
+  network: ema <- decay * ema + (1 - decay) * net; net <- ema. The momentum
+  buffers are left alone."""
+  net = (state.params, state.model_state)
   ema = jax.tree.map(lambda e, n: e + (1 - decay) * (n - e), ema, net)
-  return ema, ema["params"], ema["batch_stats"]
+  return ema, state._replace(params=ema[0], model_state=ema[1])
 
 
-def lookahead_decay(config, step: int, total_steps: int) -> float:
-  return config.lookahead_decay**config.lookahead_every * (step / total_steps) ** 3
+def ema_decay(config, step: int, total_steps: int) -> float:
+  """airbench's decay: ema_decay^ema_every * (step / total)^3; 1 at the end."""
+  if step == total_steps:
+    return 0.0
+  return config.ema_decay**config.ema_every * (step / total_steps) ** 3
 
 
 # --------------------------------------------------------------------------
 # The loop.
 
 
-class _Timer:
-  def __init__(self):
-    self.totals: dict[str, float] = {}
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, checkpoints, evaluates; writes metrics.jsonl and results.json.
 
-  def add(self, name, seconds):
-    self.totals[name] = self.totals.get(name, 0.0) + seconds
+  Evaluates on the test set, or with `config.validation_images` on that
+  many held-out training images (for tuning). Returns the results, plus
+  "params" and "model_state" (host NumPy) when training ran to its end, or
+  {"stopped_at_step": step} when it stopped early.
+  """
+  wall_start = time.perf_counter()
+  clock = _Clock()
+  os.makedirs(workdir, exist_ok=True)
+
+  # ---- Data: on the host, then the padded training set on every device.
+  with clock("data"):
+    data = _load_data(config)
+    devices = _devices(config)
+    mesh = parallel.data_mesh(devices)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    num_train = len(data["train_labels"])
+    steps_per_epoch = num_train // config.batch_size  # drop last, as airbench
+    if steps_per_epoch == 0:
+      raise ValueError(f"batch_size {config.batch_size} > {num_train} images")
+    total_steps = math.ceil(steps_per_epoch * config.num_epochs)
+    micro_batch = config.batch_size // config.accum_steps
+    pad = config.crop_padding
+    train_images = _place(
+      np.pad(data["train_images"], ((0, 0), (pad, pad), (pad, pad), (0, 0)), "reflect"),
+      replicated,
+    )
+    train_labels = _place(data["train_labels"], replicated)
+
+  # ---- Model, optimizer, and the distributed, compiled functions.
+  model = models.create_model(config, seed=config.seed)
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  tx = create_optimizer(config, total_steps, steps_per_epoch)
+  dp = parallel.jit_train_step(
+    functools.partial(train_step, graphdef=graphdef, tx=tx, config=config),
+    tx,
+    mesh,
+    zero1=config.zero1,
+  )
+  evaluate = _evaluator(config, mesh, graphdef, data)
+  plan_fn = jax.jit(
+    functools.partial(
+      input_pipeline.epoch_plan,
+      num_images=num_train,
+      crop_padding=pad,
+      alternating=config.alternating_flip,
+    ),
+    out_shardings=replicated,
+  )
+  batch_fn = jax.jit(
+    functools.partial(input_pipeline.augment_batch, batch=micro_batch),
+    out_shardings=parallel.batch_sharding(mesh),
+  )
+  ema_fn = jax.jit(ema_reset)
+  # Every process computes the same filters on its own first device.
+  whiten_fn = jax.jit(functools.partial(models.whitening_kernel, eps=config.whiten_eps))
+  whiten_images = input_pipeline.normalize(data["train_images"][: config.whiten_images])
+  whiten_bias_steps = config.whiten_bias_epochs * steps_per_epoch
+  data_key = jax.random.key(config.seed)
+
+  def fresh_state():
+    """Initial weights, with the whitening filters from the data."""
+    model.whiten_kernel[...] = whiten_fn(whiten_images)
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    return dp.init(nnx.as_pure(params), nnx.as_pure(model_state))
+
+  def step_fn(state, step, plan, micro):
+    start = (step % steps_per_epoch) * config.batch_size + micro * micro_batch
+    trainable = step < whiten_bias_steps
+    batch = batch_fn(train_images, train_labels, plan, start)
+    return dp.step(state, batch, whiten_bias_trainable=trainable)
+
+  # ---- Compile every function before the clock (airbench's protocol): a
+  # throwaway call of each, in both states of the whitening bias.
+  with clock("compile"):
+    warm = fresh_state()
+    plan = plan_fn(data_key, 0)
+    for step in sorted({0, min(whiten_bias_steps, total_steps - 1)}):
+      warm, _ = step_fn(warm, step, plan, 0)
+    ema, warm = ema_fn(_copy(warm), warm, 0.5)
+    for level in {
+      config.tta_level,
+      0 if config.eval_every_epochs else config.tta_level,
+    }:
+      evaluate(warm, level)
+    jax.block_until_ready((warm, ema))
+    del warm, ema, plan
+
+  # ---- State: fresh (the whitening init is part of the timed run) or
+  # restored from the latest checkpoint.
+  checkpoints = _Checkpoints(workdir, config, dp, params, model_state)
+  with clock("train"):
+    state = fresh_state()
+    ema = _copy(state)
+  start_step, state, ema, data_key = checkpoints.restore(state, ema, data_key, clock)
+  writer = metrics_lib.MetricWriter(
+    workdir,
+    tensorboard=config.tensorboard,
+    resume_step=start_step,
+    enabled=jax.process_index() == 0,
+  )
+  lr0, _ = per_step_hyperparameters(config)
+  stop_at = total_steps
+  if config.stop_after_steps:
+    stop_at = min(total_steps, start_step + config.stop_after_steps)
+
+  # ---- Training: epoch by epoch.
+  step = start_step
+  while step < stop_at:
+    epoch = step // steps_per_epoch
+    epoch_end = min((epoch + 1) * steps_per_epoch, stop_at)
+    trained_before = clock.totals.get("train", 0.0)
+    pending = []
+    with clock("train"):
+      plan = plan_fn(data_key, epoch)
+      for step in range(step, epoch_end):  # noqa: B020 (step carries on)
+        for micro in range(config.accum_steps):
+          state, metrics = step_fn(state, step, plan, micro)
+        pending.append((step + 1, metrics))
+        if len(pending) > 1:
+          # The host stays at most one step ahead of the devices: with dozens
+          # of steps in flight, an all-reduce of the step deadlocked on two
+          # CPU devices (XLA:CPU, jax 0.10.2).
+          jax.block_until_ready(pending[-2][1])
+        done = step + 1
+        if config.ema_every and (done % config.ema_every == 0 or done == total_steps):
+          ema, state = ema_fn(ema, state, ema_decay(config, done, total_steps))
+        if config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
+          jax.block_until_ready(state)  # the steps queued so far are training
+          checkpoints.save(done, state, ema, data_key, clock)
+      jax.block_until_ready(state)
+    step = epoch_end
+    rows = [(done, jax.tree.map(float, parallel.to_host(m))) for done, m in pending]
+    for done, row in rows:
+      lr = float(lr0 * lr_factor(done - 1, total_steps, config))
+      writer.write(done, {**row, "lr": lr})
+    summary = {
+      "epoch": epoch + 1,
+      "step": step,
+      **{k: np.mean([row[k] for _, row in rows]) for k in rows[0][1]},
+      "seconds": clock.totals["train"] - trained_before,
+    }
+    if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
+      if step < total_steps:  # the final evaluation comes below
+        with clock("eval"):
+          summary["eval_accuracy"] = evaluate(state, 0)[0]
+        writer.write(step, {"eval_accuracy": summary["eval_accuracy"]})
+    if jax.process_index() == 0:
+      print(" | ".join(f"{k} {v:.4g}" for k, v in summary.items()), flush=True)
+
+  if step < total_steps:  # stopped early: checkpoint and leave
+    checkpoints.save(step, state, ema, data_key, clock)
+    checkpoints.close()
+    writer.close()
+    return {"stopped_at_step": step}
+
+  # ---- The final evaluation with test-time augmentation: part of the timed
+  # run, as in airbench.
+  with clock("train"):
+    accuracy, accuracy_tta = evaluate(state, config.tta_level)
+  split = "validation" if config.validation_images else "test"
+  writer.write(step, {"eval_accuracy": accuracy, "eval_accuracy_tta": accuracy_tta})
+  writer.close()
+  checkpoints.save(step, state, ema, data_key, clock)
+  checkpoints.close()
+  host = parallel.to_host({"params": state.params, "model_state": state.model_state})
+  results = {
+    f"{split}_accuracy": accuracy,
+    f"{split}_accuracy_tta": accuracy_tta,
+    "tta_level": config.tta_level,
+    **{f"{k}_seconds": v for k, v in clock.totals.items()},
+    "wall_seconds": time.perf_counter() - wall_start,
+    "epochs": total_steps / steps_per_epoch,
+    "steps": total_steps,
+    "params": models.param_count(host["params"]),
+    "data_md5": data["md5"],
+    "environment": _environment(devices),
+    "config": config.to_dict(),
+  }
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, "results.json"), results)
+    print(
+      f"{split} accuracy {accuracy:.4f}, with TTA {accuracy_tta:.4f}; "
+      + ", ".join(f"{k} {v:.1f} s" for k, v in clock.totals.items())
+    )
+    if config.plot:
+      metrics_lib.plot(workdir)
+  return dict(results, **host)
 
 
-def _place(x, sharding):
-  """Host array identical on every process -> global array with `sharding`."""
-  x = np.asarray(x)
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+# --------------------------------------------------------------------------
+# Helpers of the loop.
 
 
-def _read_jsonl(path):
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def _load_data(config) -> dict:
+  """CIFAR-10 (process 0 downloads it if needed, the others wait), the
+  validation split and the subsets of `config`."""
+  if jax.process_index() == 0 and not input_pipeline.has_cifar10(config.data_dir):
+    if config.download:
+      input_pipeline.download(config.data_dir)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("cifar10 on disk")
+  data = input_pipeline.load_cifar10(config.data_dir, download=False)
+  data = input_pipeline.split_validation(data, config.validation_images)
+  for split, count in (("train", config.train_subset), ("eval", config.eval_subset)):
+    if count:
+      data[f"{split}_images"] = data[f"{split}_images"][:count]
+      data[f"{split}_labels"] = data[f"{split}_labels"][:count]
+  return data
 
 
-def _write_jsonl(path, rows):
-  with open(path, "w") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-
-
-def _devices(config):
+def _devices(config) -> list:
   devices = jax.devices()
   if config.num_devices:
     if config.num_devices > len(devices):
@@ -275,455 +427,197 @@ def _devices(config):
         f"config.num_devices={config.num_devices} but only {len(devices)} devices"
       )
     devices = devices[: config.num_devices]
+  if config.batch_size % config.accum_steps:
+    raise ValueError("config.batch_size must be divisible by config.accum_steps")
+  if (config.batch_size // config.accum_steps) % len(devices) or (
+    config.eval_batch_size % len(devices)
+  ):
+    raise ValueError(
+      f"batch_size / accum_steps and eval_batch_size must be multiples of the "
+      f"{len(devices)} devices"
+    )
   return devices
 
 
-# Fields that change nothing compiled: runs differing only in these reuse the
-# compiled functions (a resumed run in the same process compiles nothing).
-_RUN_ONLY_FIELDS = (
-  "data_dir",
-  "download",
-  "seed",
-  "deterministic",
-  "checkpoint_every_steps",
-  "checkpoints_to_keep",
-  "stop_after_steps",
-  "progress_bar",
-  "plot",
-  "tensorboard",
-  "eval_every_epochs",
-)
-_COMPILED: dict[str, Any] = {}
+def _place(x, sharding):
+  """A host array, identical on every process, as a global array."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def _compiled_functions(config, devices, num_train, total_steps, steps_per_epoch):
-  """The jitted model, step, augmentation and evaluation functions, cached."""
-  fields = {k: v for k, v in config.to_dict().items() if k not in _RUN_ONLY_FIELDS}
-  key = json.dumps(
-    [fields, [str(d) for d in devices], num_train, total_steps, steps_per_epoch],
-    sort_keys=True,
-    default=str,
-  )
-  if key in _COMPILED:
-    return _COMPILED[key]
-  mesh = parallel.data_mesh(devices)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  model = models.create_model(config)
-  tx = create_optimizer(config, total_steps, steps_per_epoch)
-  dp, dp_frozen = (
-    parallel.jit_data_parallel(
-      functools.partial(loss_fn, model, config, whiten_bias_trainable=trainable),
-      tx,
-      mesh,
-      zero1=config.zero1,
-      has_aux=True,
-    )
-    for trainable in (True, False)
-  )
+@jax.jit
+def _copy(state):
+  """A copy of the weights and statistics (the EMA starts as the network)."""
+  return jax.tree.map(jnp.copy, (state.params, state.model_state))
 
-  def init_variables(key):
-    return model.init(key, jnp.zeros((2, 32, 32, 3), jnp.float32), train=False)
 
-  fns = types.SimpleNamespace(
-    model=model,
-    dp=dp,
-    # After whiten_bias_epochs nothing below group 1 trains (airbench94).
-    dp_frozen=dp_frozen if isinstance(model, models.Airbench94) else dp,
-    init=jax.jit(init_variables, out_shardings=replicated),
-    make_plan=jax.jit(
-      functools.partial(
-        epoch_plan,
-        num_images=num_train,
-        crop_padding=config.crop_padding,
-        alternating=config.alternating_flip,
-      ),
-      out_shardings=replicated,
-    ),
-    make_batch=jax.jit(
-      functools.partial(
-        augment_batch, batch=config.batch_size // config.accum_steps, size=32
-      ),
-      out_shardings=parallel.batch_sharding(mesh),
-    ),
-    lookahead=jax.jit(lookahead, out_shardings=replicated, donate_argnums=(0, 1, 2)),
-    evaluate={
-      level: jax.jit(
-        functools.partial(eval_step, model, tta_level=level), out_shardings=replicated
+def _evaluator(config, mesh, graphdef, data):
+  """`evaluate(state, tta_level) -> (accuracy, accuracy with TTA)` on the
+  evaluation images, in chunks of eval_batch_size sharded over the devices."""
+  size = config.eval_batch_size
+  images = input_pipeline.normalize(data["eval_images"])
+  labels = data["eval_labels"]
+  sharding = parallel.batch_sharding(mesh)
+  compiled = {}
+
+  def evaluate(state, tta_level):
+    if tta_level not in compiled:
+      compiled[tta_level] = jax.jit(
+        functools.partial(eval_step, graphdef=graphdef, tta_level=tta_level),
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
       )
-      for level in ({0} if config.eval_every_epochs else set()) | {config.tta_level}
-    },
-    copy=jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated),
-    whiten=jax.jit(
-      functools.partial(models.whitening_kernel, eps=config.whiten_eps),
-      out_shardings=replicated,
-    ),
-  )
-  _COMPILED.clear()  # keep one set alive
-  _COMPILED[key] = fns
-  return fns
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, checkpoints, evaluates; writes metrics.jsonl, results.json, curves.png.
-
-  With ``config.tensorboard`` also TensorBoard event files (``summaries.py``).
-
-  Returns the results dict, plus "params" and "batch_stats" (host NumPy)
-  when training ran to its end, "stopped_at_step" when it stopped early.
-  """
-  wall_start = time.perf_counter()
-  timer = _Timer()
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
-  if config.tensorboard:
-    summaries.check_available()  # fail now, not after training
-
-  # ---- Data (host), then on the devices.
-  t0 = time.perf_counter()
-  data = input_pipeline.load_cifar10(config.data_dir, download=config.download)
-  if config.train_subset:
-    data["train_images"] = data["train_images"][: config.train_subset]
-    data["train_labels"] = data["train_labels"][: config.train_subset]
-  if config.test_subset:
-    data["test_images"] = data["test_images"][: config.test_subset]
-    data["test_labels"] = data["test_labels"][: config.test_subset]
-  num_train = len(data["train_labels"])
-  micro_batch = config.batch_size // config.accum_steps
-  if micro_batch * config.accum_steps != config.batch_size:
-    raise ValueError("config.batch_size must be divisible by config.accum_steps")
-  steps_per_epoch = num_train // config.batch_size  # drop last, as airbench
-  if steps_per_epoch == 0:
-    raise ValueError(f"batch_size {config.batch_size} > {num_train} training images")
-  total_steps = math.ceil(steps_per_epoch * config.num_epochs)
-
-  devices = _devices(config)
-  mesh = parallel.data_mesh(devices)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  batch_sharding = parallel.batch_sharding(mesh)
-  if micro_batch % len(devices) or config.eval_batch_size % len(devices):
-    raise ValueError(
-      f"batch_size / accum_steps ({micro_batch}) and eval_batch_size must be "
-      f"multiples of the {len(devices)} devices"
-    )
-  pad = config.crop_padding
-  padded = np.pad(
-    data["train_images"], ((0, 0), (pad, pad), (pad, pad), (0, 0)), "reflect"
-  )
-  train_padded = _place(padded, replicated)
-  train_labels = _place(data["train_labels"], replicated)
-  test_images = input_pipeline.normalize(data["test_images"])
-  whiten_source = _place(
-    input_pipeline.normalize(data["train_images"][: config.whiten_images]), replicated
-  )
-  jax.block_until_ready((train_padded, train_labels, whiten_source))
-  timer.add("data", time.perf_counter() - t0)
-
-  # ---- Model, optimizer, compiled functions.
-  fns = _compiled_functions(
-    config, tuple(devices), num_train, total_steps, steps_per_epoch
-  )
-  dp = fns.dp
-  whiten_bias_steps = config.whiten_bias_epochs * steps_per_epoch
-  make_plan, make_batch, lookahead_fn = fns.make_plan, fns.make_batch, fns.lookahead
-  evaluate_fn, copy_fn, whiten_fn = fns.evaluate, fns.copy, fns.whiten
-  root = jax.random.key(config.seed)
-  init_key, data_key = jax.random.split(root)
-  data_key_raw = np.asarray(jax.random.key_data(data_key))
-
-  def fresh_state():
-    variables = fns.init(init_key)
-    params = variables["params"]
-    if "whiten" in params:
-      params = dict(params)
-      params["whiten"] = dict(params["whiten"], kernel=whiten_fn(whiten_source))
-    return dp.init(params, variables["batch_stats"])
-
-  def evaluate(state, level):
-    """(plain accuracy, TTA accuracy) on the test set."""
-    variables = {"params": state.params, "batch_stats": state.model_state}
     correct = []
-    n = len(data["test_labels"])
-    size = config.eval_batch_size
-    for i in range(0, n, size):
-      chunk = test_images[i : i + size]
+    for i in range(0, len(labels), size):
+      chunk = images[i : i + size]
       valid = len(chunk)
-      if valid < size:  # pad the last chunk to the compiled shape
-        fill = np.zeros((size - valid, *chunk.shape[1:]), chunk.dtype)
-        chunk = np.concatenate([chunk, fill])
-      predictions = evaluate_fn[level](variables, _place(chunk, batch_sharding))
-      labels = data["test_labels"][i : i + valid]
-      correct.append([np.asarray(p)[:valid] == labels for p in predictions])
+      chunk = np.pad(chunk, ((0, size - valid), (0, 0), (0, 0), (0, 0)))
+      predictions = compiled[tta_level](
+        state.params, state.model_state, _place(chunk, sharding)
+      )
+      predictions = parallel.to_host(predictions)
+      correct.append([p[:valid] == labels[i : i + valid] for p in predictions])
     return tuple(float(np.mean(np.concatenate(c))) for c in zip(*correct, strict=True))
 
-  # Compile everything before the clock (airbench's protocol excludes it):
-  # one throwaway call of each function.
-  t0 = time.perf_counter()
-  warm = fresh_state()
-  plan = make_plan(data_key, 0)
-  warm_batch = make_batch(train_padded, train_labels, plan, 0)
-  warm, _ = dp.step(warm, warm_batch)
-  if whiten_bias_steps < total_steps and fns.dp_frozen is not dp:
-    warm, _ = fns.dp_frozen.step(warm, warm_batch)
-  for level in evaluate_fn:
-    jax.block_until_ready(
-      evaluate_fn[level](
-        {"params": warm.params, "batch_stats": warm.model_state},
-        _place(test_images[: config.eval_batch_size], batch_sharding),
-      )
-    )
-  if config.lookahead_every:
-    ema = copy_fn({"params": warm.params, "batch_stats": warm.model_state})
-    jax.block_until_ready(lookahead_fn(ema, warm.params, warm.model_state, 0.5))
-  del warm, warm_batch, plan
-  timer.add("compile", time.perf_counter() - t0)
+  return evaluate
 
-  # ---- State: fresh (whitening init is part of the timed run) or restored.
-  checkpoints = ocp.CheckpointManager(
-    os.path.abspath(os.path.join(workdir, "checkpoints")),
-    options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep),
-  )
-  t0 = time.perf_counter()
-  state = fresh_state()
-  ema = copy_fn({"params": state.params, "batch_stats": state.model_state})
-  start_step = 0
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  steps_path = os.path.join(workdir, "steps.jsonl")
-  epoch_rows, step_rows = [], []
-  latest = checkpoints.latest_step()
-  if latest is not None:
+
+class _Clock:
+  """Seconds per phase ("data", "compile", "train", "eval", "checkpoint").
+
+  `with clock(name):` adds the block's time to `name`; time goes to the
+  innermost phase, so a checkpoint saved during training counts as
+  "checkpoint", not "train".
+  """
+
+  def __init__(self):
+    self.totals: dict[str, float] = {}
+    self._stack: list[list] = []  # [phase, since]
+
+  def _add(self, name, seconds):
+    self.totals[name] = self.totals.get(name, 0.0) + seconds
+
+  @contextlib.contextmanager
+  def __call__(self, name):
+    now = time.perf_counter()
+    if self._stack:
+      outer, since = self._stack[-1]
+      self._add(outer, now - since)
+    self._stack.append([name, now])
+    try:
+      yield
+    finally:
+      now = time.perf_counter()
+      inner, since = self._stack.pop()
+      self._add(inner, now - since)
+      if self._stack:
+        self._stack[-1][1] = now
+
+
+class _Checkpoints:
+  """Orbax checkpoints of everything a resumed run needs: the sharded train
+  state, the weight average, the data key, the step and the training time."""
+
+  def __init__(self, workdir, config, dp, params, model_state):
+    self._manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep),
+    )
+    self._target_state = dp.abstract_state(
+      nnx.as_pure(params), nnx.as_pure(model_state)
+    )
+
+  def save(self, step, state, ema, data_key, clock):
+    with clock("checkpoint"):
+      self._manager.save(
+        step,
+        args=ocp.args.StandardSave(
+          {
+            "state": state,
+            "ema": ema,
+            "data_key": np.asarray(jax.random.key_data(data_key)),
+            "step": np.asarray(step, np.int64),
+            "train_seconds": np.asarray(clock.totals.get("train", 0.0)),
+          }
+        ),
+      )
+      self._manager.wait_until_finished()
+
+  def restore(self, state, ema, data_key, clock):
+    """(step, state, ema, data_key): from the latest checkpoint, or as given."""
+    latest = self._manager.latest_step()
+    if latest is None:
+      return 0, state, ema, data_key
     target = {
-      "state": state,
-      "ema": ema,
-      "data_key": data_key_raw,
+      "state": self._target_state,
+      "ema": jax.tree.map(ocp.utils.to_shape_dtype_struct, ema),
+      "data_key": np.asarray(jax.random.key_data(data_key)),
       "step": np.zeros([], np.int64),
-      "train_seconds": np.zeros([], np.float64),
+      "train_seconds": np.zeros([]),
     }
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract))
-    state = parallel.TrainState(*restored["state"])
-    ema = restored["ema"]
-    data_key = jax.random.wrap_key_data(np.asarray(restored["data_key"]))
-    start_step = int(restored["step"])
-    timer.add("train", float(restored["train_seconds"]))
-    epoch_rows = [r for r in _read_jsonl(metrics_path) if r["step"] <= start_step]
-    step_rows = [r for r in _read_jsonl(steps_path) if r["step"] <= start_step]
-    print(f"Resumed from {checkpoints.directory} at step {start_step}.")
-  jax.block_until_ready(state)
-  timer.add("train", time.perf_counter() - t0)
-
-  def save(step):
-    t = time.perf_counter()
-    checkpoints.save(
-      step,
-      args=ocp.args.StandardSave(
-        {
-          "state": state,
-          "ema": ema,
-          "data_key": data_key_raw,
-          "step": np.asarray(step, np.int64),
-          "train_seconds": np.asarray(timer.totals.get("train", 0.0), np.float64),
-        }
-      ),
-    )
-    checkpoints.wait_until_finished()
-    timer.add("checkpoint", time.perf_counter() - t)
-
-  tensorboard = None
-  if config.tensorboard and is_main:
-    tensorboard = summaries.TensorBoardLog(workdir, resume_step=start_step)
-  lr0, _ = per_step_hyperparameters(config)
-  print_header = True
-  stop_at = total_steps
-  if config.stop_after_steps:
-    stop_at = min(total_steps, start_step + config.stop_after_steps)
-  progress = None
-  if config.progress_bar and is_main:
-    import tqdm
-
-    progress = tqdm.tqdm(
-      total=total_steps, initial=start_step, unit="step", leave=False
+    restored = self._manager.restore(latest, args=ocp.args.StandardRestore(target))
+    clock.totals["train"] = float(restored["train_seconds"])
+    print(f"Resumed from {self._manager.directory} at step {latest}.")
+    return (
+      int(restored["step"]),
+      parallel.TrainState(*restored["state"]),
+      restored["ema"],
+      jax.random.wrap_key_data(np.asarray(restored["data_key"])),
     )
 
-  step = start_step
-  k = config.accum_steps
-  while step < stop_at:
-    epoch = step // steps_per_epoch
-    train_before_epoch = timer.totals.get("train", 0.0)  # excludes checkpoints
-    t0 = time.perf_counter()
-    plan = make_plan(data_key, epoch)
-    epoch_end = min((epoch + 1) * steps_per_epoch, stop_at)
-    pending = []
-    first_step = step
-    for step in range(step, epoch_end):  # noqa: B020 (step carries on)
-      for micro in range(k):
-        start = (
-          step - epoch * steps_per_epoch
-        ) * config.batch_size + micro * micro_batch
-        batch = make_batch(train_padded, train_labels, plan, start)
-        step_fn = dp.step if step < whiten_bias_steps else fns.dp_frozen.step
-        state, metrics = step_fn(state, batch)
-      done = step + 1
-      if config.lookahead_every and done % config.lookahead_every == 0:
-        decay = lookahead_decay(config, done, total_steps)
-        ema, params, stats = lookahead_fn(ema, state.params, state.model_state, decay)
-        state = state._replace(params=params, model_state=stats)
-      if config.lookahead_every and done == total_steps:
-        ema, params, stats = lookahead_fn(ema, state.params, state.model_state, 1.0)
-        state = state._replace(params=params, model_state=stats)
-      pending.append(metrics["aux"])
-      if len(pending) >= 2:  # keep the host at most one step ahead
-        jax.block_until_ready(pending[-2])
-      if progress is not None:
-        progress.update(1)
-      if config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
-        jax.block_until_ready(state)
-        timer.add("train", time.perf_counter() - t0)
-        save(done)
-        t0 = time.perf_counter()
-    step = epoch_end
-    jax.block_until_ready(state)
-    timer.add("train", time.perf_counter() - t0)
-    epoch_seconds = timer.totals["train"] - train_before_epoch
+  def close(self):
+    self._manager.close()
 
-    host = parallel.to_host(pending)
-    for i, m in enumerate(host):
-      s = first_step + i
-      step_rows.append(
-        {
-          "step": s + 1,
-          "loss": float(m["loss"]),
-          "accuracy": float(m["accuracy"]),
-          "lr": float(lr0 * lr_factor(s, total_steps, config)),
-        }
+
+def _environment(devices) -> dict:
+  """Where the run happened: code revision, versions, machine, devices."""
+  import importlib.metadata
+
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args):
+    try:
+      out = subprocess.run(
+        ["git", *args], cwd=here, capture_output=True, text=True, check=True
       )
-    row = {
-      "epoch": epoch + 1,
-      "step": step,
-      "train_loss": float(np.mean([m["loss"] for m in host])),
-      "train_accuracy": float(np.mean([m["accuracy"] for m in host])),
-      "lr": step_rows[-1]["lr"],
-      "epoch_seconds": epoch_seconds,
-    }
-    evaluate_now = (
-      config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0
-    )
-    if evaluate_now and step < total_steps:  # the final one comes below
-      t = time.perf_counter()
-      row["test_accuracy"] = evaluate(state, 0)[0]
-      timer.add("eval", time.perf_counter() - t)
-    epoch_rows.append(row)
-    if is_main:
-      _write_jsonl(metrics_path, epoch_rows)
-      _write_jsonl(steps_path, step_rows)
-      if tensorboard is not None:
-        tensorboard.write(step_rows, row)
-      _print_row(row, print_header, progress)
-      print_header = False
-  if progress is not None:
-    progress.close()
+      return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+      return None
 
-  if step < total_steps:  # stopped early: checkpoint and leave
-    if tensorboard is not None:
-      tensorboard.close()
-    save(step)
-    checkpoints.close()
-    return {"stopped_at_step": step}
-
-  # Final TTA evaluation: part of the timed run, as in airbench.
-  t0 = time.perf_counter()
-  test_accuracy, test_accuracy_tta = evaluate(state, config.tta_level)
-  timer.add("train", time.perf_counter() - t0)
-  epoch_rows[-1].update(
-    test_accuracy=test_accuracy, test_accuracy_tta=test_accuracy_tta
-  )
-  if is_main:
-    _write_jsonl(metrics_path, epoch_rows)
-  if tensorboard is not None:
-    tensorboard.write([], epoch_rows[-1])
-    tensorboard.close()
-  save(total_steps)
-  checkpoints.close()
-  host_state = parallel.to_host(
-    {"params": state.params, "batch_stats": state.model_state}
-  )
-  results = {
-    "test_accuracy": test_accuracy,
-    "test_accuracy_tta": test_accuracy_tta,
-    "tta_level": config.tta_level,
-    "train_seconds": timer.totals.get("train", 0.0),
-    "compile_seconds": timer.totals.get("compile", 0.0),
-    "data_seconds": timer.totals.get("data", 0.0),
-    "eval_seconds": timer.totals.get("eval", 0.0),
-    "checkpoint_seconds": timer.totals.get("checkpoint", 0.0),
-    "wall_seconds": time.perf_counter() - wall_start,
-    "epochs": total_steps / steps_per_epoch,
-    "steps": total_steps,
-    "params": models.param_count(host_state["params"]),
-    "devices": [str(d) for d in devices],
-    "jax_version": jax.__version__,
-    "config": config.to_dict(),
+  versions = {"python": platform.python_version()}
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  versions["nag_optax"] = nag_optax.__version__
+  status = git("status", "--porcelain", "--untracked-files=no")
+  return {
+    "code_revision": git("rev-parse", "HEAD"),
+    "code_modified": bool(status) if status is not None else None,
+    "versions": versions,
+    "machine": {
+      "platform": platform.platform(),
+      "processor": _cpu_model(),
+      "cpu_count": os.cpu_count(),
+    },
+    "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+    "process_count": jax.process_count(),
   }
-  if is_main:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2, default=str)
-    print(
-      f"test accuracy {results['test_accuracy']:.4f}, with TTA "
-      f"{test_accuracy_tta:.4f}; train {results['train_seconds']:.1f} s, compile "
-      f"{results['compile_seconds']:.1f} s, data {results['data_seconds']:.1f} s, "
-      f"eval {results['eval_seconds']:.1f} s, wall {results['wall_seconds']:.1f} s"
-    )
-    if config.plot:
-      plot_curves(step_rows, epoch_rows, os.path.join(workdir, "curves.png"))
-  return dict(results, **host_state)
 
 
-_COLUMNS = (
-  "epoch",
-  "step",
-  "train_loss",
-  "train_accuracy",
-  "test_accuracy",
-  "lr",
-  "epoch_seconds",
-)
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
-def _print_row(row, header, progress):
-  write = progress.write if progress is not None else print
-  if header:
-    write(" | ".join(f"{c:>14}" for c in _COLUMNS))
-  cells = []
-  for c in _COLUMNS:
-    v = row.get(c, "")
-    cells.append(f"{v:>14.4g}" if isinstance(v, float) else f"{v!s:>14}")
-  write(" | ".join(cells))
+def _write_json(path, payload):
+  import json
 
-
-def plot_curves(step_rows, epoch_rows, path):
-  """Loss, accuracy and learning rate against the step."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  steps = [r["step"] for r in step_rows]
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-  axes[0].plot(steps, [r["loss"] for r in step_rows])
-  axes[0].set(xlabel="step", ylabel="train loss (per example)", yscale="log")
-  axes[1].plot(
-    steps, [r["accuracy"] for r in step_rows], label="train batch", alpha=0.6
-  )
-  tested = [r for r in epoch_rows if "test_accuracy" in r]
-  axes[1].plot(
-    [r["step"] for r in tested],
-    [r["test_accuracy"] for r in tested],
-    "o-",
-    label="test",
-  )
-  axes[1].set(xlabel="step", ylabel="accuracy")
-  axes[1].legend()
-  axes[2].plot(steps, [r["lr"] for r in step_rows])
-  axes[2].set(xlabel="step", ylabel="learning rate (non-bias groups)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=2, default=str)
