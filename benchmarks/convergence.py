@@ -1,7 +1,7 @@
 """Iterations to tolerance: gradient descent, heavy ball and Nesterov variants.
 
-Part 1, the ill-conditioned quadratics of the reference notes
-(``optimizers.md`` section 10): f(x) = 1/2 sum_i lambda_i x_i^2 with n = 200,
+Part 1, the ill-conditioned quadratics of the reference table of iteration
+counts (``REFERENCE`` below): f(x) = 1/2 sum_i lambda_i x_i^2 with n = 200,
 lambda_i = logspace(0, -log10 kappa, 200) (so L = 1, m = 1/kappa), x_0 = 1,
 step 1/L, float64. The count is the first k with f <= tol * f(x_0), taken on
 the non-extrapolated iterate: ``nag_optax.nesterov_eval_params`` for
@@ -52,7 +52,7 @@ KAPPAS = (10.0, 100.0, 1000.0, 10000.0)
 TOLS = (1e-6, 1e-10)
 DATA_DIR = _common.REPO_ROOT / "data"
 
-# optimizers.md section 10, float64 reference counts.
+# Reference iteration counts for these quadratics (float64).
 REFERENCE = {
   1e-6: {
     "gradient descent": (45, 364, 2655, 17139),

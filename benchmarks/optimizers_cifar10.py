@@ -14,7 +14,7 @@ grid). The comparison then trains 3 seeds per optimizer at the tuned rate
 and reports final test accuracy and loss on the 10 000 test images: mean and
 spread (min-max).
 
-    python /work/shared/data/make_cifar10.py data     # or the official archive in data/
+    # once: the official CIFAR-10 python archive unpacked in data/cifar-10-batches-py
     python benchmarks/optimizers_cifar10.py           # 24 runs, 6.5 min at load 2-4
     python benchmarks/optimizers_cifar10.py --tune    # the lr grids, 29 runs, ~15 min
     python benchmarks/optimizers_cifar10.py --quick   # smoke run, ~2 min
