@@ -1,4 +1,4 @@
-"""The preset for a 2-core CPU: airbench94 at half width, a few epochs.
+"""The preset for a 2-core CPU: airbench94 at half width, 8 epochs.
 
 Values not set here are the GPU recipe's (configs/default.py); the choices
 were made on a held-out validation split of the training set (README.md).
