@@ -72,7 +72,11 @@ def test_restart_never_fires_when_momentum_never_points_uphill(scheme):
   values, _, state = harness.quadratic(make(restart=scheme), 10, 300)
   plain, _, _ = harness.quadratic(make(), 10, 300)
   assert int(state.restarts) == 0
-  np.testing.assert_array_equal(values, plain)
+  # Two different compiled programs: XLA may fuse (and round) the shared
+  # arithmetic differently, so the trajectories agree to float64 rounding
+  # (a few ulps; a single restart would move them by orders of magnitude
+  # more), not bit for bit.
+  np.testing.assert_allclose(values, plain, rtol=1e-13, atol=0)
   assert np.all(np.diff(plain) < 0)  # the premise: monotone decrease
 
 

@@ -267,21 +267,8 @@ def mesh_data_parallel(
   )
   per_device = NamedSharding(mesh, PartitionSpec(axis))
 
-  def compile_for(state, static):
-    del static
-    return jax.jit(
-      step_fn,
-      out_shardings=(placement.shardings_of(state), per_device),
-      donate_argnums=(0,) if donate else (),
-    )
-
-  return _step.DataParallel(
-    init=placement.init,
-    step=_CompiledPerStructure(compile_for, static=False),
-    shard_batch=lambda batch: global_batch(batch, mesh),
-    to_host=_host.to_host,
-    from_host=placement.from_host,
-    abstract_state=placement.abstract_state,
+  return _mesh_data_parallel_object(
+    mesh, placement, step_fn, per_device, donate=donate, static=False
   )
 
 
@@ -376,17 +363,34 @@ def jit_train_step(
 
   placement = _placement(mesh, optimizer, kinds_of)
   replicated = NamedSharding(mesh, PartitionSpec())
+  return _mesh_data_parallel_object(
+    mesh, placement, train_step, replicated, donate=donate, static=True
+  )
 
-  def compile_for(state, static):
+
+def _mesh_data_parallel_object(
+  mesh: jax.sharding.Mesh,
+  placement: _Placement,
+  step_fn: Callable[..., Any],
+  metrics_sharding: NamedSharding,
+  *,
+  donate: bool,
+  static: bool,
+) -> _step.DataParallel:
+  """The :class:`DataParallel` of a mesh path: ``step_fn`` jitted with the
+  state's shardings, once per state structure (and per static keyword
+  arguments, passed to ``step_fn`` when ``static``)."""
+
+  def compile_for(state, static_kwargs):
     return jax.jit(
-      functools.partial(train_step, **static),
-      out_shardings=(placement.shardings_of(state), replicated),
+      functools.partial(step_fn, **static_kwargs),
+      out_shardings=(placement.shardings_of(state), metrics_sharding),
       donate_argnums=(0,) if donate else (),
     )
 
   return _step.DataParallel(
     init=placement.init,
-    step=_CompiledPerStructure(compile_for, static=True),
+    step=_CompiledPerStructure(compile_for, static=static),
     shard_batch=lambda batch: global_batch(batch, mesh),
     to_host=_host.to_host,
     from_host=placement.from_host,
