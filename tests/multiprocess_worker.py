@@ -106,7 +106,7 @@ def train(workdir, steps, delay):
 
 if __name__ == "__main__":
   # Before anything starts JAX's backends: sets the devices, joins the run.
-  if not parallel.initialize(initialization_timeout=60, heartbeat_timeout_seconds=10):
+  if not parallel.initialize(initialization_timeout=60, heartbeat_timeout_seconds=20):
     raise SystemExit("not started by nag_optax.parallel.launch_local")
   if sys.argv[1] == "equal":
     equal(sys.argv[2])
