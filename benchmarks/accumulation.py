@@ -5,7 +5,7 @@ JAX is imported):
 
 1. Time per optimizer step of k micro-batches (k = 4 and 8; 16 rows per
    device per micro-batch) of an MLP of 0.40M and of 2.77M parameters, on
-   each path of ``nag_optax.parallel`` (pmap; shard_map; jit; jit with
+   each path of ``nag_optax.parallel`` (pmap; jit; jit with
    ZeRO-1 state), for three ways to accumulate: the usual "pmean the
    gradients every micro-step, then ``optax.MultiSteps``" (k calls; on the
    pmap path, the baseline of every ratio), ``nag_optax.accumulate_gradients``
@@ -57,7 +57,6 @@ except ImportError:  # run as `python benchmarks/accumulation.py`
 
 import nag_optax  # noqa: E402
 from nag_optax import parallel  # noqa: E402
-from tests import hlo_collectives  # noqa: E402
 
 N_DEVICES = 8
 ROWS_PER_DEVICE = 16
@@ -101,7 +100,7 @@ def inner():
   return nag_optax.nesterov(LEARNING_RATE, MOMENTUM)
 
 
-PATHS = ("pmap", "shard_map", "jit", "jit ZeRO-1")
+PATHS = ("pmap", "jit", "jit ZeRO-1")
 VARIANTS = (
   "pmean every micro-step + optax.MultiSteps",
   "accumulate_gradients",
@@ -121,12 +120,7 @@ def data_parallel(path, variant, k):
     tx = inner()
   if path == "pmap":
     return parallel.pmap_data_parallel(loss_fn, tx, micro_batches=micro_batches)
-  build = (
-    parallel.shard_map_data_parallel
-    if path == "shard_map"
-    else parallel.jit_data_parallel
-  )
-  return build(
+  return parallel.jit_data_parallel(
     loss_fn,
     tx,
     parallel.data_mesh(),
@@ -150,13 +144,11 @@ def step_candidate(path, variant, params, k, rows_per_device=ROWS_PER_DEVICE):
     return state
 
   state = dp.init(params)
-  found = hlo_collectives.collectives(dp.step.lower(state, batch).compile().as_text())
+  found = parallel.collectives(dp.step.lower(state, batch).compile().as_text())
   # A collective in the emitting branch (1) runs once per optimizer step,
   # one in the pass-through branch (0) on the other calls, any other on all.
   runs = {1: 1, 0: calls - 1, None: calls}
-  moved = sum(
-    c.nbytes * (n if c.op == "reduce-scatter" else 1) * runs[c.branch] for c in found
-  )
+  moved = sum(c.input_bytes * runs[c.branch] for c in found)
   return _common.Candidate(f"{path} / {variant}", step, state), moved
 
 

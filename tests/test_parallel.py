@@ -2,6 +2,8 @@
 gradient reduction per optimizer step, read from the compiled programs; ZeRO-1
 holds 1/n of the state per device; checkpoints resume exactly."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,8 @@ import pytest
 
 import nag_optax
 from nag_optax import parallel
+from nag_optax.parallel import collectives
 from tests import toy_regression as toy
-from tests.hlo_collectives import collectives
 
 N_DEVICES = 8
 K, STEPS, ROWS = toy.K, toy.STEPS, toy.ROWS
@@ -28,8 +30,6 @@ RTOL, ATOL = 1e-12, 1e-14
 PATHS = {
   # name: (builder, zero1)
   "pmap": ("pmap", False),
-  "shard_map": ("shard_map", False),
-  "shard_map ZeRO-1": ("shard_map", True),
   "jit": ("jit", False),
   "jit ZeRO-1": ("jit", True),
 }
@@ -63,11 +63,9 @@ def _build(path, loss, tx, *, micro_batches, has_aux=False):
   kwargs = {"micro_batches": micro_batches, "has_aux": has_aux}
   if builder == "pmap":
     return parallel.pmap_data_parallel(loss, tx, **kwargs)
-  make = {
-    "jit": parallel.jit_data_parallel,
-    "shard_map": parallel.shard_map_data_parallel,
-  }
-  return make[builder](loss, tx, parallel.data_mesh(), zero1=zero1, **kwargs)
+  return parallel.jit_data_parallel(
+    loss, tx, parallel.data_mesh(), zero1=zero1, **kwargs
+  )
 
 
 def _accumulate(inner):
@@ -215,11 +213,15 @@ def test_one_gradient_reduction_per_step_none_in_the_loop_or_on_micro_steps(
   params = toy.init_params()
   param_bytes = _param_bytes()
   splittable = sum(np.size(params[k]) for k in SPLITTABLE) * 8
-  by_op = lambda op: [c.nbytes for c in found if c.op == op]
+  by_op = lambda op: [c.input_bytes for c in found if c.op == op]
+  assert {c.dtype for c in found if c.op in ("all-reduce", "reduce-scatter")} <= {
+    "f64",
+    "s32",
+  }
   if PATHS[path][1]:  # ZeRO-1: reduce-scatter to the shards, all-gather back
     assert len(by_op("reduce-scatter")) == len(SPLITTABLE)
-    assert sum(by_op("reduce-scatter")) * N_DEVICES == splittable
-    assert sum(by_op("all-gather")) == splittable
+    assert sum(by_op("reduce-scatter")) == splittable
+    assert sum(by_op("all-gather")) * N_DEVICES == splittable
     reduced = splittable + sum(by_op("all-reduce"))
   else:
     assert not by_op("reduce-scatter") and not by_op("all-gather")
@@ -240,16 +242,16 @@ def test_the_collective_reader_sees_a_reduction_every_micro_step():
     dp.step.lower(state, dp.shard_batch((x[0], y[0]))).compile().as_text()
   )
   assert {c.branch for c in found} == {None}
-  assert sum(c.nbytes for c in found) >= _param_bytes()
+  assert sum(c.input_bytes for c in found) >= _param_bytes()
 
 
 # ---------------------------------------------------------------------------
 # ZeRO-1 memory, checkpoints, errors.
 
 
-@pytest.mark.parametrize("builder", ["jit", "shard_map"])
 @pytest.mark.parametrize("accumulating", [False, True], ids=["in-step", "per call"])
-def test_zero1_holds_one_nth_of_the_optimizer_state_per_device(builder, accumulating):
+def test_zero1_holds_one_nth_of_the_optimizer_state_per_device(accumulating):
+  builder = "jit"
   tx = _accumulate(toy.inner()) if accumulating else toy.inner()
   path = f"{builder} ZeRO-1"
   dp = _build(path, toy.loss_fn, tx, micro_batches=MICRO)
@@ -308,7 +310,7 @@ def test_resuming_mid_cycle_from_a_host_copy_continues_exactly(path):
   assert int(nag_optax.accumulation_gradient_step(dp.to_host(resumed).opt_state)) == 2
 
 
-@pytest.mark.parametrize("path", ["jit ZeRO-1", "shard_map"])
+@pytest.mark.parametrize("path", ["jit ZeRO-1", "jit"])
 def test_orbax_saves_and_restores_the_sharded_state_directly(path, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   loss = lambda p, b, s: (lambda out: (out[0], out[1][0]))(loss_with_state(p, b, s))
@@ -372,22 +374,25 @@ def test_construction_errors():
   for bad in (0, -1, 2.0, True):
     with pytest.raises(ValueError, match="micro_batches"):
       parallel.jit_data_parallel(toy.loss_fn, toy.inner(), micro_batches=bad)
-  for builder in (parallel.pmap_data_parallel, parallel.shard_map_data_parallel):
-    with pytest.raises(ValueError, match="reduce_gradients=False"):
-      builder(toy.loss_fn, toy.inner(), reduce_gradients=False)
+  for builder in (parallel.pmap_data_parallel, parallel.jit_data_parallel):
+    for bad in ("int32", jnp.int8, "not a dtype", jnp.complex64):
+      with pytest.raises(ValueError, match="reduce_dtype must be a floating"):
+        builder(toy.loss_fn, toy.inner(), reduce_dtype=bad)
+  with pytest.raises(ValueError, match="devices is empty"):
+    parallel.pmap_data_parallel(toy.loss_fn, toy.inner(), devices=[])
   with pytest.raises(ValueError, match="one-axis"):
     parallel.jit_data_parallel(
       toy.loss_fn, toy.inner(), jax.make_mesh((4, 2), ("a", "b"))
     )
 
 
-def test_earlier_accumulate_gradients_code_still_reduces_once():
-  """accumulate_gradients(..., axis_name=...) with reduce_gradients=False, as
-  code written for earlier versions passes it, gives the same result."""
+def test_accumulate_gradients_with_its_own_axis_name_gives_the_same_steps():
+  """accumulate_gradients(..., axis_name=...) passed to a builder: the
+  builder's one reduction, and the same parameters as one device."""
   tx = nag_optax.accumulate_gradients(
     toy.inner(), K, axis_name="batch", accumulator_dtype=jnp.float64
   )
-  dp = parallel.pmap_data_parallel(toy.loss_fn, tx, reduce_gradients=False)
+  dp = parallel.pmap_data_parallel(toy.loss_fn, tx)
   state, _ = _run(dp, with_state=False)
   _close(dp.to_host(state.params), toy.reference_params(K, np.float64))
 
@@ -468,49 +473,89 @@ def test_module_docstring_example_runs():
 
 
 # ---------------------------------------------------------------------------
-# jit_train_step: a step written for one device, distributed by jit.
+# Static keyword arguments, the reduction dtype, pmap on given devices.
 
 
-def _global_step(state, batch, *, scale=1.0):
-  """A whole step as written for one device: loss, gradient, update, apply;
-  the running mean of the inputs over the global batch as model state."""
-  tx = toy.inner()
-  x, _ = batch
-  loss, grads = jax.value_and_grad(toy.loss_fn)(state.params, batch)
-  grads = jax.tree.map(lambda g: scale * g, grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  model_state = {"mean": 0.9 * state.model_state["mean"] + 0.1 * jnp.mean(x, axis=0)}
-  return parallel.TrainState(params, opt_state, model_state), {"loss": loss}
+def _scaled_loss(params, batch, *, scale=1.0):
+  return scale * toy.loss_fn(params, batch)
 
 
-@pytest.mark.parametrize("zero1", [False, True], ids=["replicated", "ZeRO-1"])
-def test_jit_train_step_equals_one_device(zero1):
+@pytest.mark.parametrize("path", ["pmap", "jit"])
+def test_step_keyword_arguments_reach_the_loss_as_static_values(path):
   chex.clear_trace_counter()
-  dp = parallel.jit_train_step(
-    chex.assert_max_traces(_global_step, n=2), toy.inner(), zero1=zero1
+  dp = _build(
+    path, chex.assert_max_traces(_scaled_loss, n=2), toy.inner(), micro_batches=1
   )
   x, y = toy.data(np.float64)
-  state = dp.init(toy.init_params(jnp.float64), {"mean": jnp.zeros(4, jnp.float64)})
-  for i, batch in enumerate(zip(x, y, strict=True)):
-    # A static keyword argument compiles once per value (two traces here).
-    state, metrics = dp.step(state, dp.shard_batch(batch), scale=1.0 if i else 1.0001)
-  assert metrics["loss"].shape == () and metrics["loss"].sharding.is_fully_replicated
+  state = dp.init(toy.init_params(jnp.float64))
+  scales = [1.0001 if i == 0 else 1.0 for i in range(len(x))]
+  for scale, batch in zip(scales, zip(x, y, strict=True), strict=True):
+    state, _ = dp.step(state, dp.shard_batch(batch), scale=scale)  # two traces
 
-  reference = parallel.TrainState(
-    toy.init_params(jnp.float64),
-    toy.inner().init(toy.init_params(jnp.float64)),
-    {"mean": jnp.zeros(4, jnp.float64)},
+  tx = toy.inner()
+  params = toy.init_params(jnp.float64)
+  opt_state = tx.init(params)
+  for scale, batch in zip(scales, zip(x, y, strict=True), strict=True):
+    grads = jax.grad(_scaled_loss)(params, batch, scale=scale)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  _close(dp.to_host(state.params), params)
+
+
+def _bf16_loss(params, batch):
+  """The toy loss with its matrix products in bfloat16 (parameters float32)."""
+  cast = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  x, y = batch
+  return jnp.mean((toy.predict(cast, x.astype(jnp.bfloat16)) - y) ** 2)
+
+
+def _reduction_dtypes(lowered_text):
+  """Element types of the cross-device reductions of a lowered program
+  (StableHLO, before XLA:CPU widens bfloat16 reductions to float32)."""
+  found = re.findall(
+    r'"stablehlo\.(?:all_reduce|reduce_scatter)".*?\}\) : \(([^)]*)\)',
+    lowered_text,
+    flags=re.S,
   )
-  for i, batch in enumerate(zip(x, y, strict=True)):
-    reference, ref_metrics = _global_step(reference, batch, scale=1.0 if i else 1.0001)
-  _close(dp.to_host(state.params), reference.params)
-  _close(dp.to_host(state.model_state), reference.model_state)
-  _close(np.asarray(metrics["loss"]), ref_metrics["loss"])
-  trace = state.opt_state.trace["w1"]
-  local = {s.data.size for s in trace.addressable_shards}
-  assert local == ({4 * 16 // N_DEVICES} if zero1 else {4 * 16})
-  found = collectives(
-    dp.step.lower(state, dp.shard_batch((x[0], y[0])), scale=1.0).compile().as_text()
+  return {dtype for types in found for dtype in re.findall(r"(?:x|<)([a-z]+\d*)>", types)}
+
+
+@pytest.mark.parametrize("path", ["pmap", "jit", "jit ZeRO-1"])
+@pytest.mark.parametrize("reduce_dtype", [None, jnp.bfloat16], ids=["default", "bf16"])
+def test_gradients_cross_devices_in_float32_unless_asked(path, reduce_dtype):
+  builder, zero1 = PATHS[path]
+  with jax.enable_x64(False):
+    kwargs = {"reduce_dtype": reduce_dtype, "micro_batches": 2}
+    if builder == "pmap":
+      dp = parallel.pmap_data_parallel(_bf16_loss, toy.inner(), **kwargs)
+    else:
+      dp = parallel.jit_data_parallel(_bf16_loss, toy.inner(), zero1=zero1, **kwargs)
+    x, y = toy.data(np.float32)
+    state = dp.init(toy.init_params(jnp.float32))
+    batch = dp.shard_batch((x[0], y[0]))
+    lowered = dp.step.lower(state, batch)
+    found = collectives(lowered.compile().as_text())
+    state, _ = dp.step(state, batch)
+  # The gradient's reductions in the asked dtype (the loss's in float32).
+  dtypes = _reduction_dtypes(lowered.as_text())
+  assert dtypes <= {"bf16", "f32"} and ("bf16" in dtypes) == bool(reduce_dtype)
+  # Once: the float32 gradient's bytes (XLA:CPU reduces bfloat16 in float32)
+  # and the loss besides, none in the micro-batch loop.
+  reduced = [c for c in found if c.op in ("all-reduce", "reduce-scatter")]
+  assert _param_bytes(4) <= sum(c.input_bytes for c in reduced) <= _param_bytes(4) + 4
+  assert not any(c.in_loop for c in found)
+  for leaf in jax.tree.leaves(dp.to_host(state.params)):
+    assert leaf.dtype == np.float32 and np.all(np.isfinite(leaf))
+
+
+def test_pmap_on_given_devices_equals_one_device():
+  devices = jax.local_devices()[:4]
+  dp = parallel.pmap_data_parallel(toy.loss_fn, toy.inner(), devices=devices)
+  abstract = dp.abstract_state(toy.init_params(jnp.float64))
+  for leaf in jax.tree.leaves(abstract):
+    assert leaf.shape[0] == 4 and leaf.sharding.device_set == set(devices)
+  state, _ = _run(dp, with_state=False)
+  assert {s.device for s in jax.tree.leaves(state.params)[0].addressable_shards} == set(
+    devices
   )
-  assert sum(c.nbytes for c in found if c.op == "all-reduce") >= _param_bytes()
+  _close(dp.to_host(state.params), toy.reference_params(1, np.float64))

@@ -1,21 +1,26 @@
 """Data-parallel training steps: ``jax.pmap``, or ``jax.jit`` over a mesh.
 
-Three builders turn a loss function and an optimizer into a data-parallel
-training step; all return a :class:`DataParallel` (``init``, ``step``,
+Two builders turn a loss function and an optimizer into a data-parallel
+training step; both return a :class:`DataParallel` (``init``, ``step``,
 ``shard_batch``, ``to_host``, ``from_host``, ``abstract_state``) around a
 :class:`TrainState` (params, opt_state, model_state), build the same step,
 and run unchanged in several processes started with
 ``jax.distributed.initialize`` (every process feeds its host-local batch):
 
-* :func:`jit_data_parallel` and :func:`shard_map_data_parallel`: ``jax.jit``
-  over a one-axis mesh; per-device work in ``jax.shard_map``, the optimizer
-  under ``jit``; ``zero1=True`` shards the optimizer state (ZeRO-1).
-* :func:`pmap_data_parallel`: ``jax.pmap`` over the local devices.
+* :func:`jit_data_parallel`: ``jax.jit`` over a one-axis mesh; per-device
+  work in ``jax.shard_map`` with the package's own collectives, the
+  optimizer under ``jit``; ``zero1=True`` shards the optimizer state
+  (ZeRO-1).
+* :func:`pmap_data_parallel`: ``jax.pmap`` over the local devices (JAX keeps
+  ``pmap`` in maintenance mode; it is here for code built around it).
 
-:func:`jit_train_step` distributes instead a whole training step written for
-one device (loss, gradient, update, apply): ``jax.jit`` with the batch
-sharded, the state replicated or ZeRO-1-sharded, and the compiler's
-collectives (a global view: BatchNorm statistics over the global batch).
+The package writes the step itself, rather than distributing one written
+for a single device, so that it controls where and in which dtype the
+gradient crosses devices: once per optimizer step, in float32 unless
+``reduce_dtype`` asks otherwise, never inside the micro-batch loop.
+:func:`compiled_summary` reads that back from a compiled step, also one
+compiled for a TPU slice or GPUs this machine does not have
+(:func:`aot_target`).
 
 **One reduction per optimizer step.** Each device takes the gradient of
 ``loss_fn`` on its slice of the batch. With ``micro_batches=k`` the slice is
@@ -64,13 +69,17 @@ try it on one machine with ``python -m nag_optax launch -n 2 -d 4 python
 train.py``, where the script calls :func:`initialize`.
 """
 
+from nag_optax.parallel._aot import AotTarget
+from nag_optax.parallel._aot import Collective
+from nag_optax.parallel._aot import aot_target
+from nag_optax.parallel._aot import collectives
+from nag_optax.parallel._aot import compiled_summary
+from nag_optax.parallel._aot import gpu_target_config
 from nag_optax.parallel._host import to_host
 from nag_optax.parallel._mesh import batch_sharding
 from nag_optax.parallel._mesh import data_mesh
 from nag_optax.parallel._mesh import global_batch
 from nag_optax.parallel._mesh import jit_data_parallel
-from nag_optax.parallel._mesh import jit_train_step
-from nag_optax.parallel._mesh import shard_map_data_parallel
 from nag_optax.parallel._mesh import zero1_shardings
 from nag_optax.parallel._multiprocess import ProcessResult
 from nag_optax.parallel._multiprocess import free_port
@@ -84,20 +93,24 @@ from nag_optax.parallel._step import DataParallel
 from nag_optax.parallel._step import TrainState
 
 __all__ = (
+  "AotTarget",
+  "Collective",
   "DataParallel",
   "ProcessResult",
   "TrainState",
+  "aot_target",
   "batch_sharding",
+  "collectives",
+  "compiled_summary",
   "data_mesh",
   "free_port",
   "global_batch",
+  "gpu_target_config",
   "initialize",
   "jit_data_parallel",
-  "jit_train_step",
   "launch_local",
   "pmap_data_parallel",
   "replicate",
-  "shard_map_data_parallel",
   "split_batch",
   "to_host",
   "unreplicate",

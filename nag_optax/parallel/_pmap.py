@@ -1,6 +1,9 @@
 """The ``jax.pmap`` path: every ``pmap``-specific line of the package."""
 
+import functools
 from collections.abc import Callable
+from collections.abc import Hashable
+from collections.abc import Sequence
 from typing import Any
 from typing import TypeVar
 from typing import overload
@@ -8,19 +11,36 @@ from typing import overload
 import jax
 import numpy as np
 import optax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nag_optax.parallel import _host
 from nag_optax.parallel import _step
 
 _Tree = TypeVar("_Tree")
 
-_IDENTITY_PMAPS: dict[str, Callable[[Any], Any]] = {}
+_IDENTITY_PMAPS: dict[Hashable, Callable[[Any], Any]] = {}
 
 
-def _identity_pmap(axis_name: str) -> Callable[[Any], Any]:
-  if axis_name not in _IDENTITY_PMAPS:
-    _IDENTITY_PMAPS[axis_name] = jax.pmap(lambda x: x, axis_name=axis_name)
-  return _IDENTITY_PMAPS[axis_name]
+def _identity_pmap(
+  axis_name: str, devices: Sequence[jax.Device] | None = None
+) -> Callable[[Any], Any]:
+  key = (axis_name, None if devices is None else tuple(devices))
+  if key not in _IDENTITY_PMAPS:
+    _IDENTITY_PMAPS[key] = jax.pmap(lambda x: x, axis_name=axis_name, devices=devices)
+  return _IDENTITY_PMAPS[key]
+
+
+def _place_stacked(
+  tree: Any, axis_name: str, devices: Sequence[jax.Device] | None
+) -> Any:
+  """Host arrays with a leading device axis -> pmap-placed arrays."""
+  return _identity_pmap(axis_name, devices)(tree)
+
+
+def _stack(tree: Any, n: int) -> Any:
+  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree)
 
 
 @overload
@@ -47,11 +67,7 @@ def replicate(tree: Any, *, axis_name: str = "batch") -> Any:
   Returns:
     The tree with a leading axis of ``jax.local_device_count()``.
   """
-  n = jax.local_device_count()
-  stacked = jax.tree.map(
-    lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree
-  )
-  return _identity_pmap(axis_name)(stacked)
+  return _place_stacked(_stack(tree, jax.local_device_count()), axis_name, None)
 
 
 def unreplicate(tree: _Tree) -> _Tree:
@@ -98,14 +114,53 @@ def split_batch(batch: Any, num_devices: int | None = None) -> Any:
   return jax.tree_util.tree_map_with_path(split, batch)
 
 
+def _check_devices(devices: Sequence[jax.Device] | None) -> list[jax.Device] | None:
+  if devices is None:
+    return None
+  devices = list(devices)
+  if not devices:
+    raise ValueError(
+      "devices is empty: pmap_data_parallel needs at least one device (were "
+      "the devices filtered for a platform this machine does not have?)."
+    )
+  return devices
+
+
+class _PmapPerStatic:
+  """``step(state, batch, **static)``: one ``jax.pmap`` of ``step`` per set of
+  static keyword values; ``step.lower`` lowers it."""
+
+  def __init__(self, step, *, axis_name, devices, donate):
+    self._step = step
+    self._options = dict(
+      axis_name=axis_name, devices=devices, donate_argnums=(0,) if donate else ()
+    )
+    self._pmapped: dict[tuple[tuple[str, Hashable], ...], Any] = {}
+
+  def _pmap(self, static: dict[str, Hashable]) -> Any:
+    key = tuple(sorted(static.items()))
+    if key not in self._pmapped:
+      self._pmapped[key] = jax.pmap(
+        functools.partial(self._step, **static), **self._options
+      )
+    return self._pmapped[key]
+
+  def __call__(self, state, batch, **static):
+    return self._pmap(static)(state, batch)
+
+  def lower(self, state, batch, **static):
+    return self._pmap(static).lower(state, batch)
+
+
 def pmap_data_parallel(
   loss_fn: _step.LossFn,
   optimizer: optax.GradientTransformation,
   *,
   axis_name: str = "batch",
+  devices: Sequence[jax.Device] | None = None,
   micro_batches: int = 1,
-  reduce_gradients: bool = True,
   has_aux: bool = False,
+  reduce_dtype: jax.typing.DTypeLike | None = None,
   donate: bool = True,
 ) -> _step.DataParallel:
   r"""A ``jax.pmap`` data-parallel training step over the local devices.
@@ -126,7 +181,16 @@ def pmap_data_parallel(
   accumulate across calls instead: micro-steps then communicate nothing and
   leave the parameters alone. Model state follows the one rule of
   :mod:`nag_optax.parallel` (synced once per optimizer step). The
-  optimizer state is replicated (use a mesh path for ZeRO-1).
+  optimizer state is replicated (use a mesh path for ZeRO-1). The gradient
+  crosses devices in float32 (or its dtype if wider) unless
+  ``reduce_dtype`` says otherwise. Keyword arguments of ``step`` reach
+  ``loss_fn`` as static values (one compilation per distinct value).
+
+  ``init``, ``shard_batch``, ``from_host`` and ``to_host`` place data on
+  the local devices; ``abstract_state`` and ``step.lower`` need none, so
+  with ``devices`` from
+  ``jax.experimental.topologies.get_topology_desc(...).devices`` the step
+  compiles for a TPU slice or GPUs that this machine does not have.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)`` with
@@ -136,19 +200,22 @@ def pmap_data_parallel(
       (outermost, with the rest inside it).
     axis_name: the ``pmap`` axis name (pass it to Flax ``BatchNorm`` for
       statistics over the global batch).
+    devices: the devices to map over (default: ``jax.local_devices()``);
+      compile-only devices of a named topology work for ``abstract_state``
+      and ``step.lower``.
     micro_batches: micro-batches per step (see :func:`jit_data_parallel`).
-    reduce_gradients: must be True unless ``optimizer`` is
-      ``accumulate_gradients(...)`` itself (accepted for code written
-      against earlier versions; the step always reduces once per optimizer
-      step).
     has_aux: whether ``loss_fn`` returns auxiliary outputs.
+    reduce_dtype: the dtype of the one gradient reduction (None: float32, or
+      the gradient's dtype if wider).
     donate: donate the input state to the step (saves memory).
 
   Returns:
     A :class:`DataParallel`.
   """
   micro_batches = _step.check_micro_batches(micro_batches)
-  _step.check_reduce_gradients(reduce_gradients, optimizer)
+  reduce_dtype = _step.check_reduce_dtype(reduce_dtype)
+  devices = _check_devices(devices)
+  target = jax.local_devices() if devices is None else devices
 
   def kinds_of(state):
     return _step.state_kinds(
@@ -156,44 +223,40 @@ def pmap_data_parallel(
     )
 
   def init(params, model_state=None):
-    params = replicate(params, axis_name=axis_name)
-    opt_state = jax.pmap(optimizer.init, axis_name=axis_name)(params)
-    if model_state is not None:
-      model_state = replicate(model_state, axis_name=axis_name)
+    params, model_state = _place_stacked(
+      _stack((params, model_state), len(target)), axis_name, devices
+    )
+    opt_state = jax.pmap(optimizer.init, axis_name=axis_name, devices=devices)(params)
     return _step.TrainState(params, opt_state, model_state)
 
   def to_host(tree):
     """First replicas, but every local device's row of device-local leaves."""
     if not isinstance(tree, _step.TrainState):
       return jax.tree.map(np.asarray, unreplicate(tree))
-    devices = jax.local_devices()
 
     def get(x, kind):
       if kind != _step.LOCAL:
         return np.asarray(unreplicate(x))
-      shards = sorted(x.addressable_shards, key=lambda s: devices.index(s.device))
+      shards = sorted(x.addressable_shards, key=lambda s: target.index(s.device))
       return np.concatenate([np.asarray(s.data) for s in shards])
 
     return jax.tree.map(get, tree, kinds_of(tree))
 
   def from_host(host_state):
-    n = jax.local_device_count()
+    n = len(target)
     kinds = kinds_of(host_state) if isinstance(host_state, _step.TrainState) else None
     _host.check_host_state(host_state, kinds, n)
     stacked = jax.tree.map(
-      lambda x, kind: (
-        np.asarray(x)
-        if kind == _step.LOCAL
-        else np.broadcast_to(np.asarray(x), (n, *np.shape(x)))
-      ),
+      lambda x, kind: np.asarray(x) if kind == _step.LOCAL else _stack(x, n),
       host_state,
       kinds,
     )
-    return _identity_pmap(axis_name)(stacked)
+    return _place_stacked(stacked, axis_name, devices)
 
   def abstract_state(params, model_state=None):
-    n = jax.local_device_count()
-    sharding = replicate(np.zeros(1), axis_name=axis_name).sharding
+    n = len(target)
+    # What pmap's outputs carry: the leading axis split over the devices.
+    sharding = NamedSharding(Mesh(np.asarray(target), (axis_name,)), P(axis_name))
     shapes = jax.eval_shape(
       lambda p, s: _step.TrainState(p, optimizer.init(p), s), params, model_state
     )
@@ -209,11 +272,12 @@ def pmap_data_parallel(
     mapped=lambda fn, in_kinds, out_kinds: fn,  # pmap: already per device
     has_aux=has_aux,
     micro_batches=micro_batches,
+    reduce_dtype=reduce_dtype,
   )
   return _step.DataParallel(
     init=init,
-    step=jax.pmap(step, axis_name=axis_name, donate_argnums=(0,) if donate else ()),
-    shard_batch=split_batch,
+    step=_PmapPerStatic(step, axis_name=axis_name, devices=devices, donate=donate),
+    shard_batch=lambda batch: split_batch(batch, len(target)),
     to_host=to_host,
     from_host=from_host,
     abstract_state=abstract_state,

@@ -162,17 +162,26 @@ def accumulates(
   return isinstance(optimizer, _accumulation.AccumulateGradients)
 
 
-def check_reduce_gradients(
-  reduce_gradients: bool, optimizer: optax.GradientTransformation
-) -> None:
-  if not reduce_gradients and not accumulates(optimizer):
+def check_reduce_dtype(reduce_dtype: object) -> jnp.dtype | None:
+  """``reduce_dtype`` as a floating-point dtype, or None (the default rule).
+
+  Raises:
+    ValueError: naming ``reduce_dtype``, for anything that is not a real
+      floating-point dtype.
+  """
+  if reduce_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(reduce_dtype)  # type: ignore[call-overload]
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(
-      "reduce_gradients=False is only for an optimizer that is "
-      "nag_optax.accumulate_gradients(...) itself (the step then averages "
-      "the gradients across devices once per emitted step, with or without "
-      "this argument); any other optimizer needs its gradients averaged by "
-      "the step: leave reduce_gradients=True."
+      "reduce_dtype must be a floating-point dtype (e.g. jnp.bfloat16 to halve "
+      "the gradient traffic) or None (float32, or the gradient's dtype if "
+      f"wider), got {reduce_dtype!r}."
     )
+  return dtype
 
 
 def state_kinds(
@@ -207,16 +216,17 @@ def state_kinds(
 
 
 def _loss_with_state(
-  loss_fn: LossFn, has_aux: bool, with_state: bool
+  loss_fn: LossFn, has_aux: bool, with_state: bool, static: dict[str, Hashable]
 ) -> Callable[..., tuple[jax.Array, tuple[optax.Params | None, Any]]]:
-  """``fn(params, batch, model_state) -> (loss, (new_model_state, aux))``."""
+  """``fn(params, batch, model_state) -> (loss, (new_model_state, aux))``,
+  with the step's static keyword arguments passed on to ``loss_fn``."""
 
   def fn(params, batch, model_state):
     if not with_state:
-      out = loss_fn(params, batch)
+      out = loss_fn(params, batch, **static)
       loss, aux = out if has_aux else (out, None)
       return loss, (None, aux)
-    out = loss_fn(params, batch, model_state)
+    out = loss_fn(params, batch, model_state, **static)
     if not (isinstance(out, tuple) and len(out) == 2):
       raise ValueError(
         "With model_state, loss_fn(params, batch, model_state) must return "
@@ -258,11 +268,6 @@ def split_micro_batches(batch: Any, micro_batches: int) -> Any:
   return jax.tree_util.tree_map_with_path(split, batch)
 
 
-def _wide(tree: optax.Updates) -> optax.Updates:
-  """Each leaf in float32, or its own dtype if wider."""
-  return jax.tree.map(lambda x: x.astype(_precision.compute_dtype(x.dtype)), tree)
-
-
 def local_gradients(
   loss_fn: LossFn,
   params: optax.Params,
@@ -271,6 +276,7 @@ def local_gradients(
   *,
   has_aux: bool,
   micro_batches: int,
+  static: dict[str, Hashable] | None = None,
 ) -> tuple[optax.Updates, jax.Array, Any, optax.Params | None]:
   r"""One device's gradient, averaged over ``micro_batches`` slices of ``batch``.
 
@@ -284,7 +290,9 @@ def local_gradients(
     g = \frac{1}{k} \sum_{i=1}^{k} \nabla_\theta \ell(\theta; B_i, s_{i-1}),
     \qquad s_i = \mathrm{new\_model\_state}(\theta; B_i, s_{i-1})
 
-  No collective runs here.
+  No collective of the package runs here (``loss_fn``'s own, such as
+  BatchNorm statistics over the mapped axis, run per micro-batch). Keyword
+  arguments in ``static`` reach ``loss_fn`` as static values.
 
   Returns:
     ``(grads, loss, aux, model_state)``: the mean gradient in float32 or
@@ -300,11 +308,11 @@ def local_gradients(
   vary = lambda tree: jax.tree.map(lambda x: _vma.vary(x, batch_axes), tree)
   params, model_state = vary(params), vary(model_state)
   value_and_grad = jax.value_and_grad(
-    _loss_with_state(loss_fn, has_aux, with_state), has_aux=True
+    _loss_with_state(loss_fn, has_aux, with_state, static or {}), has_aux=True
   )
   if micro_batches == 1:
     (loss, (model_state, aux)), grads = value_and_grad(params, batch, model_state)
-    return _wide(grads), loss, aux, model_state
+    return _precision.upcast(grads), loss, aux, model_state
 
   def body(carry, micro_batch):
     grad_sum, model_state = carry
@@ -312,7 +320,7 @@ def local_gradients(
     grad_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), grad_sum, grads)
     return (grad_sum, model_state), (loss, aux)
 
-  zeros = vary(_wide(optax.tree.zeros_like(params)))
+  zeros = vary(_precision.upcast(optax.tree.zeros_like(params)))
   (grad_sum, model_state), (losses, auxes) = jax.lax.scan(
     body, (zeros, model_state), split_micro_batches(batch, micro_batches)
   )
@@ -326,26 +334,35 @@ def local_gradients(
 
 
 def mean_gradients(
-  grads: optax.Updates, axis_name: str, kinds: Any = REPLICATED
+  grads: optax.Updates,
+  axis_name: str,
+  kinds: Any = REPLICATED,
+  reduce_dtype: jnp.dtype | None = None,
 ) -> optax.Updates:
   """The mean of per-device gradients across ``axis_name``, once.
 
   Where ``kinds`` gives a leaf a ZeRO-1 ``PartitionSpec``, the leaf is
   reduce-scattered (``lax.psum_scatter`` along the sharded dimension, then
   divided by the axis size) to the device's shard; elsewhere all-reduced
-  (``lax.pmean``).
+  (``lax.pmean``). The reduction runs in ``reduce_dtype`` when one is given
+  (e.g. bfloat16: half the traffic, the sum rounded to 8 bits of mantissa)
+  and the result comes back in the gradient's dtype; by default it runs in
+  the gradient's own dtype (float32 or wider, see :func:`local_gradients`).
   """
   n = jax.lax.axis_size(axis_name)
+
+  def reduce(g, kind):
+    x = g if reduce_dtype is None else g.astype(reduce_dtype)
+    if kind == REPLICATED or axis_name not in tuple(kind):
+      x = jax.lax.pmean(x, axis_name)
+    else:
+      dim = tuple(kind).index(axis_name)
+      x = jax.lax.psum_scatter(x, axis_name, scatter_dimension=dim, tiled=True) / n
+    return x.astype(g.dtype)
+
   if kinds == REPLICATED:
-    return jax.lax.pmean(grads, axis_name)
-
-  def reduce(g, spec):
-    if spec == REPLICATED or axis_name not in tuple(spec):
-      return jax.lax.pmean(g, axis_name)
-    dim = tuple(spec).index(axis_name)
-    return jax.lax.psum_scatter(g, axis_name, scatter_dimension=dim, tiled=True) / n
-
-  return jax.tree.map(reduce, grads, kinds, is_leaf=_is_kind)
+    kinds = jax.tree.map(lambda _: REPLICATED, grads)
+  return jax.tree.map(reduce, grads, kinds, is_leaf=is_kind)
 
 
 def sync_model_state(model_state: optax.Params, axis_name: str) -> optax.Params:
@@ -366,12 +383,9 @@ def sync_model_state(model_state: optax.Params, axis_name: str) -> optax.Params:
   return jax.tree.map(sync, model_state)
 
 
-def _is_kind(x: object) -> bool:
+def is_kind(x: object) -> bool:
+  """Whether ``x`` is a leaf of a kinds tree (a kind name or a spec)."""
   return isinstance(x, (str, jax.sharding.PartitionSpec))
-
-
-def _cast_like(tree: optax.Updates, like: optax.Params) -> optax.Updates:
-  return jax.tree.map(lambda x, p: x.astype(p.dtype), tree, like)
 
 
 def _metrics(loss: jax.Array, aux: Any) -> dict[str, Any]:
@@ -390,10 +404,11 @@ def make_train_step(
   mapped: Callable[..., Callable[..., Any]],
   has_aux: bool,
   micro_batches: int,
+  reduce_dtype: jnp.dtype | None = None,
   gradient_kinds: Callable[[optax.Params], Any] = lambda grads: REPLICATED,
   constrain: Callable[[optax.Params, Any], optax.Params] = lambda tree, kinds: tree,
-) -> Callable[[TrainState, Any], tuple[TrainState, Any]]:
-  r"""``step(state, batch) -> (state, metrics)``, the same on every path.
+) -> Callable[..., tuple[TrainState, Any]]:
+  r"""``step(state, batch, **static) -> (state, metrics)``, the same on every path.
 
   Without ``accumulate_gradients`` (``micro_batches`` slices of one batch):
 
@@ -419,6 +434,8 @@ def make_train_step(
     mapped: ``mapped(fn, in_kinds, out_kinds)`` runs ``fn`` per device.
     has_aux: whether ``loss_fn`` returns auxiliary outputs.
     micro_batches: slices of each device's batch per call.
+    reduce_dtype: the dtype the gradient crosses devices in (None: float32,
+      or the gradient's dtype if wider).
     gradient_kinds: the kinds of the reduced gradient, from the params tree.
     constrain: ``constrain(tree, kinds)`` pins a value's layout (on a mesh,
       ``with_sharding_constraint``): the emitting branch returns the
@@ -428,23 +445,25 @@ def make_train_step(
   tx = optax.with_extra_args_support(optimizer)  # without accumulate_gradients
   accumulator = optimizer if accumulates(optimizer) else None
 
-  def gradients(params, batch, model_state):
-    return local_gradients(
-      loss_fn,
-      params,
-      batch,
-      model_state,
-      has_aux=has_aux,
-      micro_batches=micro_batches,
-    )
-
-  def step(state, batch):
+  def step(state, batch, **static):
     grad_kinds = gradient_kinds(state.params)
+
+    def gradients(params, batch, model_state):
+      return local_gradients(
+        loss_fn,
+        params,
+        batch,
+        model_state,
+        has_aux=has_aux,
+        micro_batches=micro_batches,
+        static=static,
+      )
+
     if accumulator is None:
 
       def per_device(params, model_state, batch):
         grads, loss, aux, model_state = gradients(params, batch, model_state)
-        grads = mean_gradients(grads, axis_name, grad_kinds)
+        grads = mean_gradients(grads, axis_name, grad_kinds, reduce_dtype)
         if model_state is not None:
           model_state = sync_model_state(model_state, axis_name)
         value = jax.lax.pmean(loss, axis_name)
@@ -456,7 +475,10 @@ def make_train_step(
         (grad_kinds, REPLICATED, REPLICATED, LOCAL),
       )(state.params, state.model_state, batch)
       updates, opt_state = tx.update(
-        _cast_like(grads, state.params), state.opt_state, state.params, value=value
+        optax.tree.cast_like(grads, state.params),
+        state.opt_state,
+        state.params,
+        value=value,
       )
       params = optax.apply_updates(state.params, updates)
       return TrainState(params, opt_state, model_state), metrics
@@ -483,7 +505,7 @@ def make_train_step(
     def reduce(acc_grads, model_state, loss):
       if model_state is not None:
         model_state = sync_model_state(model_state, axis_name)
-      mean = mean_gradients(acc_grads, axis_name, grad_kinds)
+      mean = mean_gradients(acc_grads, axis_name, grad_kinds, reduce_dtype)
       return mean, model_state, jax.lax.pmean(loss, axis_name)
 
     def on_emit(params, opt_state, model_state, loss):
@@ -491,7 +513,7 @@ def make_train_step(
         reduce, (LOCAL, LOCAL, LOCAL), (grad_kinds, LOCAL, REPLICATED)
       )(opt_state.acc_grads, model_state, loss)
       updates, opt_state = accumulator.emit(
-        _cast_like(mean, params), opt_state, params, value=value
+        optax.tree.cast_like(mean, params), opt_state, params, value=value
       )
       params = constrain(optax.apply_updates(params, updates), REPLICATED)
       return params, opt_state, model_state
