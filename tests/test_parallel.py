@@ -517,7 +517,9 @@ def _reduction_dtypes(lowered_text):
     lowered_text,
     flags=re.S,
   )
-  return {dtype for types in found for dtype in re.findall(r"(?:x|<)([a-z]+\d*)>", types)}
+  return {
+    dtype for types in found for dtype in re.findall(r"(?:x|<)([a-z]+\d*)>", types)
+  }
 
 
 @pytest.mark.parametrize("path", ["pmap", "jit", "jit ZeRO-1"])

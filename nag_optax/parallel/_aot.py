@@ -396,7 +396,8 @@ def compiled_summary(
   Example (on a CPU machine with ``jax[tpu]`` installed)::
 
     target = parallel.aot_target("tpu:v5e:4x4")
-    dp = parallel.jit_data_parallel(loss_fn, tx, parallel.data_mesh(target.devices))
+    mesh = parallel.data_mesh(target.devices)
+    dp = parallel.jit_data_parallel(loss_fn, tx, mesh)
     state = dp.abstract_state(params)           # ShapeDtypeStructs, no device
     batch = jax.ShapeDtypeStruct((256, 784), jnp.float32,
                                  sharding=parallel.batch_sharding(mesh))
@@ -429,7 +430,7 @@ def compiled_summary(
   if peak <= 0:
     peak = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
   memory["peak"] = peak
-  found = collectives(compiled.as_text())
+  found = collectives(compiled.as_text() or "")
   cost = _cost(compiled)
   summary: dict[str, Any] = {
     "memory": {f"{k}_bytes": v for k, v in memory.items()},
