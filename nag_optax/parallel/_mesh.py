@@ -31,12 +31,20 @@ def data_mesh(
   the collectives (``jax.make_mesh`` now defaults to ``Explicit``).
   """
   devices = jax.devices() if devices is None else list(devices)
+  if not devices:
+    raise ValueError(
+      "data_mesh got no devices: pass at least one (were the devices "
+      "filtered for a platform this machine does not have? jax.devices() "
+      f"here: {jax.devices()[:4]}...)."
+    )
   return jax.sharding.Mesh(
     np.asarray(devices), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,)
   )
 
 
 def _data_axis(mesh: jax.sharding.Mesh) -> str:
+  if mesh.size == 0:
+    raise ValueError("The mesh has no devices; see parallel.data_mesh.")
   if len(mesh.axis_names) != 1:
     raise ValueError(
       "The data-parallel paths need a one-axis (data) mesh, got axes "
@@ -250,6 +258,7 @@ class _CompiledPerStructure:
   def __call__(
     self, state: _step.TrainState, batch: Any, **kwargs: Hashable
   ) -> tuple[_step.TrainState, Any]:
+    _step.check_not_donated(state)
     return self._jitted(state, kwargs)(state, batch)
 
   def lower(

@@ -146,6 +146,7 @@ class _PmapPerStatic:
     return self._pmapped[key]
 
   def __call__(self, state, batch, **static):
+    _step.check_not_donated(state)
     return self._pmap(static)(state, batch)
 
   def lower(self, state, batch, **static):

@@ -142,6 +142,24 @@ class DataParallel(NamedTuple):
 # Checks made when a path is built.
 
 
+def check_not_donated(state: TrainState) -> None:
+  """Raises a ValueError if ``state`` holds arrays an earlier step consumed.
+
+  A step donates its input state (its buffers become the output's), so the
+  state passed to one call cannot be passed to another: use the state that
+  call returned. Running the step on deleted buffers would fail inside the
+  runtime, or crash the process.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if isinstance(leaf, jax.Array) and leaf.is_deleted():
+      raise ValueError(
+        f"The state leaf at {jax.tree_util.keystr(path)} was donated to an "
+        "earlier step and no longer exists: pass the state that step returned "
+        "(state, metrics = dp.step(state, batch)), or build the DataParallel "
+        "with donate=False to keep inputs alive."
+      )
+
+
 def check_micro_batches(micro_batches: object) -> int:
   if (
     isinstance(micro_batches, bool)
