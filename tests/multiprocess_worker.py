@@ -2,8 +2,8 @@
 or by the test itself), in one of two modes.
 
 ``equal OUT``: trains the model of tests/toy_regression.py through the pmap
-path (accumulating across calls), the shard_map path (micro-batches inside
-the step) and the jit path with ZeRO-1 state (both), each process feeding
+path (accumulating across calls), the jit path (micro-batches inside the
+step) and the jit path with ZeRO-1 state (both), each process feeding
 its own rows of every global batch, each run resumed mid-cycle from a host
 copy of its state; writes the final parameters (as seen from this process)
 to ``OUT.<process index>.json``.
@@ -54,8 +54,8 @@ def equal(out_prefix):
   _, results["pmap"] = train(parallel.pmap_data_parallel(toy.loss_fn, accumulate()))
   # Micro-batches inside the step: every call applies the full batch's
   # gradient (the reference with every_k = 1).
-  _, results["shard_map"] = train(
-    parallel.shard_map_data_parallel(toy.loss_fn, toy.inner(), micro_batches=2)
+  _, results["jit"] = train(
+    parallel.jit_data_parallel(toy.loss_fn, toy.inner(), micro_batches=2)
   )
   state, results["jit_zero1"] = train(
     parallel.jit_data_parallel(toy.loss_fn, accumulate(), zero1=True, micro_batches=2)
