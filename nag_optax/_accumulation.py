@@ -136,7 +136,9 @@ def _check_every_k(
   if callable(every_k_schedule):
     return every_k_schedule
   try:
-    _validation.check_positive_int("every_k_schedule", every_k_schedule)
+    _validation.check_positive_int(
+      "every_k_schedule", every_k_schedule, allow_none=False
+    )
   except ValueError as error:
     raise ValueError(
       f"{error} every_k_schedule is the number of micro-batches per emitted "
@@ -413,7 +415,8 @@ def accumulate_gradients(
   Raises:
     ValueError: for ``every_k_schedule`` < 1 (or not an integer), a
       non-float ``accumulator_dtype``, or, at ``update``, an ``axis_name``
-      that no enclosing ``pmap``/``shard_map`` binds.
+      that no enclosing ``pmap``/``shard_map`` binds or a state that is not
+      an :class:`AccumulateGradientsState` (e.g. the inner optimizer's).
 
   Example:
     >>> import jax.numpy as jnp, optax, nag_optax
@@ -492,7 +495,17 @@ def accumulate_gradients(
       skip = jax.lax.pmax(skip.astype(jnp.int32), axis) > 0
     return skip, skip_state
 
+  def check_state(state):
+    return _validation.check_state(
+      "accumulate_gradients",
+      state,
+      AccumulateGradientsState,
+      hint="Pass the state this transformation's init returned, not the inner "
+      "optimizer's own state: it holds that one as inner_opt_state.",
+    )
+
   def accumulate_fn(grads, state, params, axis):
+    state = check_state(state)
     _validation.check_trees_match("gradient", grads, "accumulator", state.acc_grads)
     axis = axis_name if axis is None else axis
     if axis is not None:
@@ -530,6 +543,7 @@ def accumulate_gradients(
     return new_state, emitting
 
   def emit_fn(grads, state, params, extra_args):
+    state = check_state(state)
     updates, inner_state = inner.update(
       grads, state.inner_opt_state, params, **extra_args
     )

@@ -349,6 +349,7 @@ def adan(
     Xie et al., Adan: Adaptive Nesterov Momentum Algorithm for Faster
     Optimizing Deep Models, 2022 (TPAMI 2024), https://arxiv.org/abs/2208.06677
   """
+  _validation.check_learning_rate("adan", learning_rate)
   decay = _weight_decay.WeightDecay(
     weight_decay, mode="decoupled" if no_prox else "proximal", mask=weight_decay_mask
   )

@@ -4,6 +4,7 @@ import jax
 import optax
 
 from nag_optax import _nesterov
+from nag_optax import _validation
 
 
 def nesterov(
@@ -144,6 +145,7 @@ def nesterov(
     O'Donoghue and Candes, Adaptive Restart for Accelerated Gradient Schemes,
     2015, https://arxiv.org/abs/1204.3982
   """
+  _validation.check_learning_rate("nesterov", learning_rate)
   return _nesterov.nesterov_transform(
     learning_rate=learning_rate,
     momentum=momentum,

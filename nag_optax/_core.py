@@ -70,8 +70,12 @@ def transform(
     raise ValueError(f"{algorithm.name} is a direction: it takes no weight decay.")
   learning_rate_fn = None
   if learning_rate is not None:
-    _validation.check_interval("learning_rate", learning_rate, 0.0)
-    learning_rate_fn = _validation.as_schedule(learning_rate)
+    _validation.check_interval("learning_rate", learning_rate, 0.0, schedule=True)
+    learning_rate_fn = _validation.as_schedule("learning_rate", learning_rate)
+
+  def init_fn(params):
+    _validation.check_float_params(algorithm.name, params)
+    return algorithm.init(params)
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del extra_args
@@ -90,7 +94,7 @@ def transform(
       output = decay.decayed_update(output, params, mask, lr)
     return optax.tree.cast_like(output, updates), new_state
 
-  return optax.GradientTransformationExtraArgs(algorithm.init, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def ema(decay: jax.typing.ArrayLike, new: jax.Array, old: jax.Array) -> jax.Array:

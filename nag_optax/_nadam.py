@@ -230,6 +230,7 @@ def nadam(
 
     Loshchilov and Hutter, Decoupled Weight Decay Regularization, 2019.
   """
+  _validation.check_learning_rate("nadam", learning_rate)
   decay = _weight_decay.WeightDecay(
     weight_decay,
     mode="decoupled" if decoupled_weight_decay else "coupled",

@@ -171,9 +171,10 @@ def nesterov_transform(
   signed update. See :func:`nag_optax.nesterov` for the rule and the
   arguments.
   """
-  _validation.check_interval("momentum", momentum, 0.0, 1.0)
+  _validation.check_interval("momentum", momentum, 0.0, 1.0, schedule=True)
   _validation.check_interval("dampening", dampening, 0.0, 1.0)
   _validation.check_choice("form", form, FORMS)
+  _validation.check_integer("seed", seed)
   accumulator_dtype = _validation.check_accumulator_dtype(accumulator_dtype)
   restarter = _restart.Restart(restart, restart_every)
   decay = _weight_decay.WeightDecay(
@@ -188,7 +189,7 @@ def nesterov_transform(
       "nag_optax.nesterov for form='sutskever' or weight decay."
     )
   rule = _SUTSKEVER if form == "sutskever" else _PYTORCH
-  momentum_fn = _validation.as_schedule(momentum)
+  momentum_fn = _validation.as_schedule("momentum", momentum)
 
   def init_fn(params):
     trace = _precision.zeros_like(params, accumulator_dtype)
@@ -240,11 +241,11 @@ def _store(
   traces: optax.Updates, state: ScaleByNesterovState, stochastic_rounding: bool
 ) -> tuple[optax.Updates, jax.Array]:
   """The new buffers in the state's dtypes, and the next PRNG key."""
-  if not stochastic_rounding:
+  leaves, treedef = jax.tree.flatten(traces)
+  if not stochastic_rounding or not leaves:  # No leaves: nothing to round.
     return optax.tree.cast_like(traces, state.trace), state.rng_key
   rng_key, subkey = jax.random.split(state.rng_key)
-  leaves, treedef = jax.tree.flatten(traces)
-  keys = jax.random.split(subkey, max(len(leaves), 1))
+  keys = jax.random.split(subkey, len(leaves))
   stored = [
     _precision.stochastic_round(t, old.dtype, k)
     for t, old, k in zip(leaves, jax.tree.leaves(state.trace), keys, strict=True)
