@@ -1,11 +1,17 @@
 """airbench94 on CIFAR-10 with nag_optax.nesterov, in Flax NNX.
 
-Read top to bottom: the optimizer (`create_optimizer`), the pure steps
-(`train_step`: loss, gradient, `tx.update`, apply; `eval_step`; `ema_reset`),
-then the loop (`train_and_evaluate`). `nag_optax.parallel.jit_train_step`
-distributes `train_step` over the devices: the batch split across them, the
-state replicated (or the optimizer state split, ZeRO-1), statistics over
-the global batch as on one device.
+Read top to bottom: the optimizer (`create_optimizer`), the pure functions
+(`loss_fn`, per device; `eval_step`; `ema_reset`), the distributed, compiled
+pieces built from a config and a mesh (`create_train_step`,
+`create_eval_step`), then the loop (`train_and_evaluate`).
+
+`nag_optax.parallel.jit_data_parallel` writes the training step from
+`loss_fn`: the batch split across the devices, each device's slice split
+into `accum_steps` micro-batches inside the one compiled step, the gradient
+averaged across devices in float32 once per optimizer step, the state
+replicated (or the optimizer state split, ZeRO-1). BatchNorm averages its
+statistics over the mesh axis: over the global (micro-)batch, as on one
+device.
 """
 
 import contextlib
@@ -89,9 +95,8 @@ def create_optimizer(
   `bias_scaler` times the lr and `wd / (bias_scaler * lr)` as coefficient
   (the same decay per step); the whitening bias's lr drops to 0 after
   `whiten_bias_epochs` (its update masked, as `requires_grad=False` does).
-  With `accum_steps > 1`, `nag_optax.accumulate_gradients` sums that many
-  micro-batches' gradients (the loss is summed, so their sum is the whole
-  batch's gradient) and its schedules count optimizer steps.
+  Gradient accumulation (`config.accum_steps`) happens inside the training
+  step (`create_train_step`): the optimizer sees one gradient per step.
   """
   lr, wd = per_step_hyperparameters(config)
   whiten_bias_steps = config.whiten_bias_epochs * steps_per_epoch
@@ -117,8 +122,6 @@ def create_optimizer(
     },
     param_labels,
   )
-  if config.accum_steps > 1:
-    tx = nag_optax.accumulate_gradients(tx, config.accum_steps, use_grad_mean=False)
   return tx
 
 
@@ -126,8 +129,24 @@ def create_optimizer(
 # The steps: pure functions of arrays.
 
 
-def loss_fn(params, model_state, batch, *, graphdef, config, whiten_bias_trainable):
-  """airbench's loss: label-smoothed cross-entropy summed over the batch."""
+def loss_fn(params, batch, model_state, *, graphdef, config, whiten_bias_trainable):
+  """airbench's loss, on one device's slice of one micro-batch.
+
+  airbench's loss is the label-smoothed cross-entropy summed over the
+  optimizer step's whole batch. `jit_data_parallel` runs this function per
+  device and per micro-batch and averages the gradients over devices and
+  micro-batches (a mean over equal slices), so this returns the slice's mean
+  loss times `config.batch_size`, the global batch per optimizer step: the
+  mean of that over the slices is the sum over the whole batch, whatever the
+  number of devices and micro-batches, and the learning rate and weight
+  decay keep their per-example meaning (`per_step_hyperparameters`).
+  BatchNorm takes its statistics over the micro-batch on all devices (the
+  model's `axis_name`).
+
+  Returns:
+    `(loss, (model_state, metrics))`: the new BatchNorm statistics, and the
+    slice's mean loss and accuracy.
+  """
   model = nnx.merge(graphdef, params, model_state)
   images, labels = batch
   logits = model(images, train=True, whiten_bias_trainable=whiten_bias_trainable)
@@ -140,23 +159,7 @@ def loss_fn(params, model_state, batch, *, graphdef, config, whiten_bias_trainab
     "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
   }
   _, _, model_state = nnx.split(model, nnx.Param, ...)
-  return jnp.sum(losses), (nnx.as_pure(model_state), metrics)
-
-
-def train_step(state, batch, *, graphdef, tx, config, whiten_bias_trainable=True):
-  """One optimizer call: loss and gradient, `tx.update`, apply."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, (model_state, metrics)), grads = grad_fn(
-    state.params,
-    state.model_state,
-    batch,
-    graphdef=graphdef,
-    config=config,
-    whiten_bias_trainable=whiten_bias_trainable,
-  )
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  return parallel.TrainState(params, opt_state, model_state), metrics
+  return config.batch_size * jnp.mean(losses), (nnx.as_pure(model_state), metrics)
 
 
 def eval_step(params, model_state, images, *, graphdef, tta_level: int):
@@ -201,6 +204,86 @@ def ema_decay(config, step: int, total_steps: int) -> float:
 
 
 # --------------------------------------------------------------------------
+# The distributed, compiled functions: built from a config and a mesh, with
+# neither data nor devices touched, so that the same code trains and
+# compiles ahead of time for other devices (a mesh of compile-only TPU or
+# GPU devices, abstract inputs).
+
+
+def create_train_step(
+  config, mesh: jax.sharding.Mesh, total_steps: int, steps_per_epoch: int
+) -> tuple[parallel.DataParallel, nnx.GraphDef, nnx.State, nnx.State]:
+  """The training step of `config` on `mesh`, and the model it trains.
+
+  `dp.step(state, batch, whiten_bias_trainable=...)` is one optimizer step
+  on a global batch of `config.batch_size` images sharded over the mesh's
+  one axis (`dp.shard_batch`, or an array with `parallel.batch_sharding`):
+  each device splits its slice into `config.accum_steps` micro-batches and
+  takes the gradient of `loss_fn` on each, then the gradients are averaged
+  across devices in float32, once, and `create_optimizer`'s update applied.
+  Each value of `whiten_bias_trainable` compiles once. `dp.init(params,
+  model_state)` places the state; `dp.step.lower(dp.abstract_state(params,
+  model_state), batch_shapes, whiten_bias_trainable=...)` lowers the step
+  from shapes alone.
+
+  The model is initialised on the default backend, its whitening filters
+  random until set from the data (`models.whitening_kernel`).
+
+  Returns:
+    `(dp, graphdef, params, model_state)`: the `parallel.DataParallel`, the
+    model's graph, and its initial parameters and non-trained state.
+
+  Raises:
+    ValueError: if `config.batch_size` is not a multiple of the number of
+      devices times `config.accum_steps`.
+  """
+  (axis_name,) = mesh.axis_names
+  if config.batch_size % (mesh.size * config.accum_steps):
+    raise ValueError(
+      f"batch_size {config.batch_size} must be a multiple of the {mesh.size} "
+      f"devices times accum_steps {config.accum_steps}"
+    )
+  model = models.create_model(config, axis_name=axis_name, seed=config.seed)
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  dp = parallel.jit_data_parallel(
+    functools.partial(loss_fn, graphdef=graphdef, config=config),
+    create_optimizer(config, total_steps, steps_per_epoch),
+    mesh,
+    micro_batches=config.accum_steps,
+    zero1=config.zero1,
+    has_aux=True,
+  )
+  return dp, graphdef, nnx.as_pure(params), nnx.as_pure(model_state)
+
+
+def create_eval_step(
+  config, mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef, tta_level: int
+) -> jax.stages.Wrapped:
+  """`eval_step` at `tta_level`, jitted over `mesh`.
+
+  `fn(params, model_state, images) -> (plain, tta)` predicted classes:
+  `images` (`config.eval_batch_size` of them) split over the mesh's axis,
+  the weights and the predictions replicated. `fn.lower(...)` takes
+  `jax.ShapeDtypeStruct` inputs.
+
+  Raises:
+    ValueError: if `config.eval_batch_size` is not a multiple of the number
+      of devices.
+  """
+  if config.eval_batch_size % mesh.size:
+    raise ValueError(
+      f"eval_batch_size {config.eval_batch_size} must be a multiple of the "
+      f"{mesh.size} devices"
+    )
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.jit(
+    functools.partial(eval_step, graphdef=graphdef, tta_level=tta_level),
+    in_shardings=(replicated, replicated, parallel.batch_sharding(mesh)),
+    out_shardings=replicated,
+  )
+
+
+# --------------------------------------------------------------------------
 # The loop.
 
 
@@ -227,7 +310,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if steps_per_epoch == 0:
       raise ValueError(f"batch_size {config.batch_size} > {num_train} images")
     total_steps = math.ceil(steps_per_epoch * config.num_epochs)
-    micro_batch = config.batch_size // config.accum_steps
     pad = config.crop_padding
     train_images = _place(
       np.pad(data["train_images"], ((0, 0), (pad, pad), (pad, pad), (0, 0)), "reflect"),
@@ -236,14 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_labels = _place(data["train_labels"], replicated)
 
   # ---- Model, optimizer, and the distributed, compiled functions.
-  model = models.create_model(config, seed=config.seed)
-  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-  tx = create_optimizer(config, total_steps, steps_per_epoch)
-  dp = parallel.jit_train_step(
-    functools.partial(train_step, graphdef=graphdef, tx=tx, config=config),
-    tx,
-    mesh,
-    zero1=config.zero1,
+  dp, graphdef, params, model_state = create_train_step(
+    config, mesh, total_steps, steps_per_epoch
   )
   evaluate = _evaluator(config, mesh, graphdef, data)
   plan_fn = jax.jit(
@@ -256,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     out_shardings=replicated,
   )
   batch_fn = jax.jit(
-    functools.partial(input_pipeline.augment_batch, batch=micro_batch),
+    functools.partial(input_pipeline.augment_batch, batch=config.batch_size),
     out_shardings=parallel.batch_sharding(mesh),
   )
   ema_fn = jax.jit(ema_reset)
@@ -268,12 +344,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def fresh_state():
     """Initial weights, with the whitening filters from the data."""
+    model = nnx.merge(graphdef, params, model_state)
     model.whiten_kernel[...] = whiten_fn(whiten_images)
-    _, params, model_state = nnx.split(model, nnx.Param, ...)
-    return dp.init(nnx.as_pure(params), nnx.as_pure(model_state))
+    _, fresh_params, fresh_model_state = nnx.split(model, nnx.Param, ...)
+    return dp.init(nnx.as_pure(fresh_params), nnx.as_pure(fresh_model_state))
 
-  def step_fn(state, step, plan, micro):
-    start = (step % steps_per_epoch) * config.batch_size + micro * micro_batch
+  def step_fn(state, step, plan):
+    """Optimizer step `step` (from 0) on its batch of the epoch's plan."""
+    start = (step % steps_per_epoch) * config.batch_size
     trainable = step < whiten_bias_steps
     batch = batch_fn(train_images, train_labels, plan, start)
     return dp.step(state, batch, whiten_bias_trainable=trainable)
@@ -284,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     warm = fresh_state()
     plan = plan_fn(data_key, 0)
     for step in sorted({0, min(whiten_bias_steps, total_steps - 1)}):
-      warm, _ = step_fn(warm, step, plan, 0)
+      warm, _ = step_fn(warm, step, plan)
     ema, warm = ema_fn(_copy(warm), warm, 0.5)
     for level in {
       config.tta_level,
@@ -322,8 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with clock("train"):
       plan = plan_fn(data_key, epoch)
       for step in range(step, epoch_end):  # noqa: B020 (step carries on)
-        for micro in range(config.accum_steps):
-          state, metrics = step_fn(state, step, plan, micro)
+        state, metrics = step_fn(state, step, plan)
         pending.append((step + 1, metrics))
         if len(pending) > 1:
           # The host stays at most one step ahead of the devices: with dozens
@@ -338,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           checkpoints.save(done, state, ema, data_key, clock)
       jax.block_until_ready(state)
     step = epoch_end
-    rows = [(done, jax.tree.map(float, parallel.to_host(m))) for done, m in pending]
+    rows = [(done, _train_metrics(m)) for done, m in pending]
     for done, row in rows:
       lr = float(lr0 * lr_factor(done - 1, total_steps, config))
       writer.write(done, {**row, "lr": lr})
@@ -427,15 +504,6 @@ def _devices(config) -> list:
         f"config.num_devices={config.num_devices} but only {len(devices)} devices"
       )
     devices = devices[: config.num_devices]
-  if config.batch_size % config.accum_steps:
-    raise ValueError("config.batch_size must be divisible by config.accum_steps")
-  if (config.batch_size // config.accum_steps) % len(devices) or (
-    config.eval_batch_size % len(devices)
-  ):
-    raise ValueError(
-      f"batch_size / accum_steps and eval_batch_size must be multiples of the "
-      f"{len(devices)} devices"
-    )
   return devices
 
 
@@ -443,6 +511,12 @@ def _place(x, sharding):
   """A host array, identical on every process, as a global array."""
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _train_metrics(metrics) -> dict:
+  """A step's metrics on the host: each device's mean over its micro-batches,
+  averaged over the devices (equal slices: the mean over the global batch)."""
+  return {k: float(np.mean(v)) for k, v in parallel.to_host(metrics["aux"]).items()}
 
 
 @jax.jit
@@ -462,10 +536,7 @@ def _evaluator(config, mesh, graphdef, data):
 
   def evaluate(state, tta_level):
     if tta_level not in compiled:
-      compiled[tta_level] = jax.jit(
-        functools.partial(eval_step, graphdef=graphdef, tta_level=tta_level),
-        out_shardings=NamedSharding(mesh, PartitionSpec()),
-      )
+      compiled[tta_level] = create_eval_step(config, mesh, graphdef, tta_level)
     correct = []
     for i in range(0, len(labels), size):
       chunk = images[i : i + size]
@@ -522,9 +593,7 @@ class _Checkpoints:
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep),
     )
-    self._target_state = dp.abstract_state(
-      nnx.as_pure(params), nnx.as_pure(model_state)
-    )
+    self._target_state = dp.abstract_state(params, model_state)
 
   def save(self, step, state, ema, data_key, clock):
     with clock("checkpoint"):

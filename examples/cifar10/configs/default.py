@@ -74,8 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
   # d = ema_decay**ema_every * (step / total_steps)**3.
   config.ema_every = 5
   config.ema_decay = 0.95
-  # Micro-batches per optimizer step (nag_optax.accumulate_gradients), for
-  # devices that cannot hold the batch; BatchNorm then sees each micro-batch.
+  # Micro-batches per optimizer step, for devices that cannot hold the
+  # batch: each device's slice of the batch is split into this many inside
+  # the compiled step (jit_data_parallel's micro_batches), their gradients
+  # summed, and reduced across devices once. BatchNorm then sees each
+  # micro-batch. batch_size must be a multiple of devices x accum_steps.
   config.accum_steps = 1
 
   # ---- Devices.
