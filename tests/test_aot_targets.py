@@ -170,10 +170,10 @@ def test_bfloat16_reduction_when_asked(name):
 
 # libtpu compiles some reduce-scatters as an all-reduce followed by a slice
 # (on a v5e slice larger than 2x2 every one of them; on v6e and v5e 2x2 some
-# leaves, depending on their shape and place in the program): ZeRO-1 then
-# moves up to an all-reduce plus the all-gather, 1.5x plain data
-# parallelism. The documentation states this bound; XLA:GPU keeps the
-# reduce-scatter and ZeRO-1 moves no more than plain data parallelism.
+# leaves, depending on their shape): on the slices tested here ZeRO-1 then
+# moves at most an all-reduce plus the all-gather, 1.5x plain data
+# parallelism, as the documentation states. XLA:GPU keeps the reduce-scatter
+# and ZeRO-1 moves no more than plain data parallelism.
 ZERO1_TRAFFIC_LIMIT = {"tpu": 1.5, "gpu": 1.0}
 
 

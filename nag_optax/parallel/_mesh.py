@@ -298,11 +298,12 @@ def jit_data_parallel(
   device keeps 1/n of the momentum, the gradient is reduce-scattered to
   those shards (one ``psum_scatter``), each device updates 1/n of the
   parameters, and the compiler all-gathers them: one reduce-scatter and one
-  all-gather per optimizer step, the traffic of one all-reduce. Compiled
-  for GPUs and TPU v6e it is exactly that; libtpu compiles a reduce-scatter
-  over a whole TPU v5e slice larger than 2x2 as an all-reduce, so there
-  ZeRO-1 moves 1.5x the bytes of plain data parallelism (the default):
-  choose it on v5e only when the optimizer state does not fit. Transformations
+  all-gather per optimizer step, the traffic of one all-reduce. XLA:GPU
+  compiles it so; libtpu compiles some reduce-scatters (and on large v5e
+  slices the all-gather) as all-reduces: ZeRO-1 moved 1.0x the bytes of
+  plain data parallelism (the default) on v6e 2x2, 1.5x on v5e 4x4 and 2x
+  on v5e 16x16 (``benchmarks/aot.py``), so on TPU choose it when the
+  optimizer state does not fit otherwise. Transformations
   that read the whole gradient (global-norm clipping, gradient restart) stay
   exact: the compiler reduces across the shards.
 
