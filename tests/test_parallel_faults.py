@@ -89,3 +89,23 @@ def test_donate_false_keeps_the_input_state_usable():
   np.testing.assert_array_equal(
     dp.to_host(first.params)["w1"], dp.to_host(again.params)["w1"]
   )
+
+
+@pytest.mark.parametrize("builder", ["jit", "pmap"])
+def test_has_aux_that_does_not_match_the_loss_is_named(builder):
+  import numpy as np
+
+  build = {
+    "jit": parallel.jit_data_parallel,
+    "pmap": parallel.pmap_data_parallel,
+  }[builder]
+  x, y = toy.data(np.float32)
+  with_aux = lambda p, b: (toy.loss_fn(p, b), {"n": 1.0})
+  for loss, has_aux, match in [
+    (with_aux, False, "build the step with has_aux=True"),
+    (toy.loss_fn, True, "has_aux=True but loss_fn"),
+  ]:
+    dp = build(loss, toy.inner(), has_aux=has_aux)
+    state = dp.init(toy.init_params())
+    with pytest.raises(ValueError, match=match):
+      dp.step(state, dp.shard_batch((x[0], y[0])))

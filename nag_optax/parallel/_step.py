@@ -242,6 +242,8 @@ def _loss_with_state(
   def fn(params, batch, model_state):
     if not with_state:
       out = loss_fn(params, batch, **static)
+      if has_aux != isinstance(out, tuple):
+        raise ValueError(_aux_mismatch(out, has_aux))
       loss, aux = out if has_aux else (out, None)
       return loss, (None, aux)
     out = loss_fn(params, batch, model_state, **static)
@@ -263,6 +265,19 @@ def _loss_with_state(
     return loss, (optax.tree.cast_like(new_state, model_state), aux)
 
   return fn
+
+
+def _aux_mismatch(out: Any, has_aux: bool) -> str:
+  if has_aux:
+    return (
+      "has_aux=True but loss_fn(params, batch) returned a single "
+      f"{type(out).__name__}, not (loss, aux): return both, or build the step "
+      "with has_aux=False."
+    )
+  return (
+    f"loss_fn(params, batch) returned a tuple of {len(out)}: if it is "
+    "(loss, aux), build the step with has_aux=True; the loss must be a scalar."
+  )
 
 
 def split_micro_batches(batch: Any, micro_batches: int) -> Any:
