@@ -9,10 +9,10 @@ devices once per emitted step instead of once per micro-batch. It returns an
 are public for code that writes its own training step.
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
-from typing import Self
 from typing import TypeVar
 
 import jax
@@ -63,17 +63,6 @@ EveryK = int | Callable[[jax.Array], jax.typing.ArrayLike]
 """Micro-batches per emitted step: an int, or a function of the emitted-step count."""
 
 _Out = TypeVar("_Out")
-
-# accumulate_fn(grads, state, params, axis_name) -> (state, emitting)
-_AccumulateFn = Callable[
-  [optax.Updates, AccumulateGradientsState, optax.Params | None, AxisName | None],
-  tuple[AccumulateGradientsState, jax.Array],
-]
-# emit_fn(grads, state, params, extra_args) -> (updates, state)
-_EmitFn = Callable[
-  [optax.Updates, AccumulateGradientsState, optax.Params | None, dict[str, Any]],
-  tuple[optax.Updates, AccumulateGradientsState],
-]
 
 
 def _axis_names(axis_name: AxisName) -> tuple[str, ...]:
@@ -160,6 +149,220 @@ def _check_axis_name(axis_name: AxisName | None) -> None:
       ) from None
 
 
+def _check_optimizer(optimizer: object) -> optax.GradientTransformationExtraArgs:
+  if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+    raise TypeError(
+      f"optimizer must be an optax.GradientTransformation, got {optimizer!r}."
+    )
+  return optax.with_extra_args_support(optimizer)  # type: ignore[arg-type]
+
+
+def _check_should_skip(
+  should_skip_update_fn: optax.ShouldSkipUpdateFunction | None,
+) -> None:
+  if should_skip_update_fn is not None and not callable(should_skip_update_fn):
+    raise ValueError(
+      "should_skip_update_fn must be None or a callable "
+      f"(updates, gradient_step, params) -> (bool, state), got "
+      f"{should_skip_update_fn!r}."
+    )
+
+
+def _mean_across(axis_name: AxisName | None, tree: optax.Updates) -> optax.Updates:
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def _cast_like(tree: optax.Updates, like: optax.Updates) -> optax.Updates:
+  return jax.tree.map(lambda x, g: x.astype(g.dtype), tree, like)
+
+
+def _zeros_like_shapes(tree: Any) -> Any:
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Accumulation:
+  """The rule behind :func:`accumulate_gradients`, its arguments checked.
+
+  Its bound ``init`` and ``update`` are the two fields of the
+  :class:`AccumulateGradients` that ``accumulate_gradients`` returns, and
+  its other methods are that transformation's public halves.
+  """
+
+  inner: optax.GradientTransformationExtraArgs
+  every_k: Callable[[jax.Array], jax.typing.ArrayLike]
+  axis_name: AxisName | None
+  use_grad_mean: bool
+  accumulator_dtype: jnp.dtype | None
+  should_skip_update_fn: optax.ShouldSkipUpdateFunction | None
+
+  def init(self, params: optax.Params) -> AccumulateGradientsState:
+    self._check_k_at_start()
+    gradient_step = jnp.zeros([], jnp.int32)
+    skip_state: optax.OptState = ()
+    if self.should_skip_update_fn is not None:
+      _, skip_state = self.should_skip_update_fn(
+        optax.tree.zeros_like(params), gradient_step, params
+      )
+    return AccumulateGradientsState(
+      mini_step=jnp.zeros([], jnp.int32),
+      gradient_step=gradient_step,
+      emitted=jnp.zeros([], jnp.bool_),
+      inner_opt_state=self.inner.init(params),
+      acc_grads=optax.tree.zeros_like(params, dtype=self.accumulator_dtype),
+      skip_state=skip_state,
+    )
+
+  def update(
+    self,
+    updates: optax.Updates,
+    state: optax.OptState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.OptState]:
+    grads = updates
+    state, emitting = self.accumulate(grads, self._check_state(state), params, None)
+
+    def on_emit(state, params):
+      return self.emit(self._cross_device_mean(state, grads), state, params, extra_args)
+
+    def on_micro(state, params):
+      return _zeros_like_shapes(jax.eval_shape(on_emit, state, params)[0]), state
+
+    return cond(emitting, on_emit, on_micro, state, params)
+
+  def update_and_apply(
+    self,
+    grads: optax.Updates,
+    state: AccumulateGradientsState,
+    params: optax.Params,
+    extra_args: dict[str, Any],
+  ) -> tuple[optax.Params, AccumulateGradientsState]:
+    state, emitting = self.accumulate(grads, state, params, None)
+
+    def on_emit(params, state):
+      mean = self._cross_device_mean(state, grads)
+      updates, state = self.emit(mean, state, params, extra_args)
+      return optax.apply_updates(params, updates), state
+
+    def on_micro(params, state):
+      return params, state
+
+    return cond(emitting, on_emit, on_micro, params, state)
+
+  def accumulate(
+    self,
+    grads: optax.Updates,
+    state: AccumulateGradientsState,
+    params: optax.Params | None,
+    axis_name: AxisName | None,
+  ) -> tuple[AccumulateGradientsState, jax.Array]:
+    state = self._check_state(state)
+    _validation.check_trees_match("gradient", grads, "accumulator", state.acc_grads)
+    axis = self.axis_name if axis_name is None else axis_name
+    if axis is not None:
+      _check_axis_bound(axis)
+    skip, skip_state = self._skip(grads, state, params, axis)
+    acc = self._added(grads, state)
+    emitting = state.mini_step == self.every_k(state.gradient_step) - 1
+    mini_step = jnp.where(emitting, 0, optax.safe_increment(state.mini_step))
+    if skip is not None:  # A skipped call leaves everything as it was.
+      acc = jax.tree.map(lambda n, a: jnp.where(skip, a, n), acc, state.acc_grads)
+      emitting = jnp.logical_and(emitting, jnp.logical_not(skip))
+      mini_step = jnp.where(skip, state.mini_step, mini_step)
+    gradient_step = jnp.where(
+      emitting, optax.safe_increment(state.gradient_step), state.gradient_step
+    )
+    new_state = state._replace(
+      mini_step=jnp.asarray(mini_step, jnp.int32),
+      gradient_step=gradient_step.astype(jnp.int32),
+      emitted=jnp.asarray(emitting, jnp.bool_),
+      acc_grads=acc,
+      skip_state=skip_state,
+    )
+    return new_state, emitting
+
+  def emit(
+    self,
+    grads: optax.Updates,
+    state: AccumulateGradientsState,
+    params: optax.Params | None,
+    extra_args: dict[str, Any],
+  ) -> tuple[optax.Updates, AccumulateGradientsState]:
+    state = self._check_state(state)
+    updates, inner_state = self.inner.update(
+      grads, state.inner_opt_state, params, **extra_args
+    )
+    return updates, state._replace(inner_opt_state=inner_state)
+
+  def _cross_device_mean(
+    self, state: AccumulateGradientsState, grads: optax.Updates
+  ) -> optax.Updates:
+    """The cycle's accumulated gradient averaged across ``axis_name`` (the one
+    collective of an emitted step), in the gradient's dtype."""
+    return _cast_like(_mean_across(self.axis_name, state.acc_grads), grads)
+
+  def _added(
+    self, grads: optax.Updates, state: AccumulateGradientsState
+  ) -> optax.Updates:
+    """The accumulator with this call's gradient added, in its own dtype.
+
+    A cycle starts from the gradient itself (mini_step 0): nothing resets
+    the accumulator after an emitted step, so each call makes one pass over
+    it, in place, read by the emitting branch.
+    """
+    mini_step = state.mini_step
+    if self.use_grad_mean:  # Welford's running mean, as optax.MultiSteps.
+      step = lambda g, a: a + (g - a) / (mini_step + 1)
+    else:
+      step = lambda g, a: g + a
+    return jax.tree.map(
+      lambda g, a: jnp.where(mini_step == 0, g, step(g, a)).astype(a.dtype),
+      grads,
+      state.acc_grads,
+    )
+
+  def _skip(
+    self,
+    grads: optax.Updates,
+    state: AccumulateGradientsState,
+    params: optax.Params | None,
+    axis: AxisName | None,
+  ) -> tuple[jax.Array | None, optax.OptState]:
+    """``should_skip_update_fn``'s verdict (None without one) and state."""
+    if self.should_skip_update_fn is None:
+      return None, ()
+    skip, skip_state = self.should_skip_update_fn(grads, state.gradient_step, params)
+    skip = jnp.asarray(skip)
+    if skip.dtype != jnp.bool_ or skip.shape != ():
+      raise ValueError(
+        "should_skip_update_fn must return a boolean scalar array, got dtype "
+        f"{skip.dtype} and shape {skip.shape}."
+      )
+    if axis is not None:
+      # Every device must take the same branch (the emitting one may hold a
+      # collective): skip everywhere if any device skips.
+      skip = jax.lax.pmax(skip.astype(jnp.int32), axis) > 0
+    return skip, skip_state
+
+  def _check_k_at_start(self) -> None:
+    k = _validation.concrete_value(self.every_k(jnp.zeros([], jnp.int32)))
+    if k is not None and (k.shape != () or int(k) < 1):
+      raise ValueError(
+        f"every_k_schedule(0) must be an integer >= 1, got {k.tolist()!r}."
+      )
+
+  @staticmethod
+  def _check_state(state: object) -> AccumulateGradientsState:
+    return _validation.check_state(
+      "accumulate_gradients",
+      state,
+      AccumulateGradientsState,
+      hint="Pass the state this transformation's init returned, not the inner "
+      "optimizer's own state: it holds that one as inner_opt_state.",
+    )
+
+
 class AccumulateGradients(optax.GradientTransformationExtraArgs):
   """What :func:`accumulate_gradients` returns: an optax transformation with
   public halves.
@@ -184,33 +387,38 @@ class AccumulateGradients(optax.GradientTransformationExtraArgs):
   write zero updates nor touch the parameters), and :meth:`has_updated`
   reads whether the last call emitted, as ``optax.MultiSteps.has_updated``.
 
+  It is an ``optax.GradientTransformationExtraArgs`` (the pair ``init``,
+  ``update``, so that ``optax.chain`` passes extra arguments on) and holds
+  nothing else: ``init`` and ``update`` are bound methods of the rule that
+  the other methods and attributes read, so ``_replace``, ``copy`` and
+  unpacking (``init, update = tx``) keep working.
+
   Attributes:
     inner: the inner optimizer (an ``optax.GradientTransformationExtraArgs``).
     axis_name: the mapped axis ``update`` averages across, or None.
   """
 
-  inner: optax.GradientTransformationExtraArgs
-  axis_name: AxisName | None
-  # The closures behind accumulate and emit (instance attributes, not fields).
-  _accumulate: _AccumulateFn
-  _emit: _EmitFn
+  __slots__ = ()
 
-  def __new__(
-    cls,
-    init: optax.TransformInitFn,
-    update: optax.TransformUpdateExtraArgsFn,
-    *,
-    inner: optax.GradientTransformationExtraArgs,
-    axis_name: AxisName | None,
-    accumulate: _AccumulateFn,
-    emit: _EmitFn,
-  ) -> Self:
-    self = super().__new__(cls, init, update)
-    self.inner = inner
-    self.axis_name = axis_name
-    self._accumulate = accumulate
-    self._emit = emit
-    return self
+  @property
+  def _rule(self) -> _Accumulation:
+    rule = getattr(self.update, "__self__", None)
+    if not isinstance(rule, _Accumulation):
+      raise TypeError(
+        "This AccumulateGradients' update is not the one accumulate_gradients "
+        f"made (got {self.update!r}): its accumulate, emit and "
+        "update_and_apply belong to that update. Build a new transformation "
+        "with accumulate_gradients instead of replacing update."
+      )
+    return rule
+
+  @property
+  def inner(self) -> optax.GradientTransformationExtraArgs:
+    return self._rule.inner
+
+  @property
+  def axis_name(self) -> AxisName | None:
+    return self._rule.axis_name
 
   def accumulate(
     self,
@@ -241,7 +449,7 @@ class AccumulateGradients(optax.GradientTransformationExtraArgs):
       ``(state, emitting)``: the advanced state and a boolean scalar, True
       when this call completes a cycle.
     """
-    return self._accumulate(grads, state, params, axis_name)
+    return self._rule.accumulate(grads, state, params, axis_name)
 
   def emit(
     self,
@@ -261,7 +469,7 @@ class AccumulateGradients(optax.GradientTransformationExtraArgs):
       ``(updates, state)``: the inner optimizer's updates and the state
       holding its new ``inner_opt_state``.
     """
-    return self._emit(grads, state, params, extra_args)
+    return self._rule.emit(grads, state, params, extra_args)
 
   def update_and_apply(
     self,
@@ -282,37 +490,12 @@ class AccumulateGradients(optax.GradientTransformationExtraArgs):
     Returns:
       ``(new_params, state)``.
     """
-    return _update_and_apply(self, grads, state, params, extra_args)
+    return self._rule.update_and_apply(grads, state, params, extra_args)
 
   @staticmethod
   def has_updated(state: AccumulateGradientsState) -> jax.Array:
     """Whether the last call emitted the inner optimizer's update."""
     return state.emitted
-
-
-def _mean_across(axis_name: AxisName | None, tree: optax.Updates) -> optax.Updates:
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
-
-
-def _cast_like(tree: optax.Updates, like: optax.Updates) -> optax.Updates:
-  return jax.tree.map(lambda x, g: x.astype(g.dtype), tree, like)
-
-
-def _update_and_apply(
-  tx: AccumulateGradients,
-  grads: optax.Updates,
-  state: AccumulateGradientsState,
-  params: optax.Params,
-  extra_args: dict[str, Any],
-) -> tuple[optax.Params, AccumulateGradientsState]:
-  state, emitting = tx.accumulate(grads, state, params)
-
-  def on_emit(params, state):
-    mean = _cast_like(_mean_across(tx.axis_name, state.acc_grads), grads)
-    updates, state = tx.emit(mean, state, params, **extra_args)
-    return optax.apply_updates(params, updates), state
-
-  return cond(emitting, on_emit, lambda params, state: (params, state), params, state)
 
 
 def accumulate_gradients(
@@ -439,138 +622,17 @@ def accumulate_gradients(
     Goyal et al., Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour,
     2017, https://arxiv.org/abs/1706.02677
   """
-  if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-    raise TypeError(
-      f"optimizer must be an optax.GradientTransformation, got {optimizer!r}."
-    )
-  inner = optax.with_extra_args_support(optimizer)
-  every_k_fn = _check_every_k(every_k_schedule)
-  accumulator_dtype = _validation.check_accumulator_dtype(accumulator_dtype)
-  _check_axis_name(axis_name)
-  if should_skip_update_fn is not None and not callable(should_skip_update_fn):
-    raise ValueError(
-      "should_skip_update_fn must be None or a callable "
-      f"(updates, gradient_step, params) -> (bool, state), got "
-      f"{should_skip_update_fn!r}."
-    )
-
-  def check_k_at_start():
-    k = _validation.concrete_value(every_k_fn(jnp.zeros([], jnp.int32)))
-    if k is not None and (k.shape != () or int(k) < 1):
-      raise ValueError(
-        f"every_k_schedule(0) must be an integer >= 1, got {k.tolist()!r}."
-      )
-
-  def init_fn(params):
-    check_k_at_start()
-    gradient_step = jnp.zeros([], jnp.int32)
-    if should_skip_update_fn is None:
-      skip_state: optax.OptState = ()
-    else:
-      _, skip_state = should_skip_update_fn(
-        optax.tree.zeros_like(params), gradient_step, params
-      )
-    return AccumulateGradientsState(
-      mini_step=jnp.zeros([], jnp.int32),
-      gradient_step=gradient_step,
-      emitted=jnp.zeros([], jnp.bool_),
-      inner_opt_state=inner.init(params),
-      acc_grads=optax.tree.zeros_like(params, dtype=accumulator_dtype),
-      skip_state=skip_state,
-    )
-
-  def should_skip(grads, state, params, axis):
-    if should_skip_update_fn is None:
-      return None, ()
-    skip, skip_state = should_skip_update_fn(grads, state.gradient_step, params)
-    skip = jnp.asarray(skip)
-    if (skip.dtype, skip.shape) != (jnp.bool_, ()):
-      raise ValueError(
-        "should_skip_update_fn must return a boolean scalar array, got dtype "
-        f"{skip.dtype} and shape {skip.shape}."
-      )
-    if axis is not None:
-      # Every device must take the same branch (the emitting one may hold a
-      # collective): skip everywhere if any device skips.
-      skip = jax.lax.pmax(skip.astype(jnp.int32), axis) > 0
-    return skip, skip_state
-
-  def check_state(state):
-    return _validation.check_state(
-      "accumulate_gradients",
-      state,
-      AccumulateGradientsState,
-      hint="Pass the state this transformation's init returned, not the inner "
-      "optimizer's own state: it holds that one as inner_opt_state.",
-    )
-
-  def accumulate_fn(grads, state, params, axis):
-    state = check_state(state)
-    _validation.check_trees_match("gradient", grads, "accumulator", state.acc_grads)
-    axis = axis_name if axis is None else axis
-    if axis is not None:
-      _check_axis_bound(axis)
-    mini_step = state.mini_step
-    skip, skip_state = should_skip(grads, state, params, axis)
-
-    # A cycle starts from the gradient itself (mini_step 0): nothing resets
-    # the accumulator after an emitted step, so each call makes one pass
-    # over it, in place, read by the emitting branch.
-    if use_grad_mean:  # Welford's running mean, as optax.MultiSteps.
-      step = lambda g, a: a + (g - a) / (mini_step + 1)
-    else:
-      step = lambda g, a: g + a
-    acc = jax.tree.map(
-      lambda g, a: jnp.where(mini_step == 0, g, step(g, a)).astype(a.dtype),
-      grads,
-      state.acc_grads,
-    )
-    emitting = mini_step == every_k_fn(state.gradient_step) - 1
-    next_mini_step = jnp.where(emitting, 0, optax.safe_increment(mini_step))
-    if skip is not None:  # A skipped call leaves everything as it was.
-      acc = jax.tree.map(lambda n, a: jnp.where(skip, a, n), acc, state.acc_grads)
-      emitting = jnp.logical_and(emitting, jnp.logical_not(skip))
-      next_mini_step = jnp.where(skip, mini_step, next_mini_step)
-    new_state = state._replace(
-      mini_step=jnp.asarray(next_mini_step, jnp.int32),
-      gradient_step=jnp.where(
-        emitting, optax.safe_increment(state.gradient_step), state.gradient_step
-      ).astype(jnp.int32),
-      emitted=jnp.asarray(emitting, jnp.bool_),
-      acc_grads=acc,
-      skip_state=skip_state,
-    )
-    return new_state, emitting
-
-  def emit_fn(grads, state, params, extra_args):
-    state = check_state(state)
-    updates, inner_state = inner.update(
-      grads, state.inner_opt_state, params, **extra_args
-    )
-    return updates, state._replace(inner_opt_state=inner_state)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    grads = updates
-    state, emitting = accumulate_fn(grads, state, params, None)
-
-    def on_emit(state, params):
-      mean = _cast_like(_mean_across(axis_name, state.acc_grads), grads)
-      return emit_fn(mean, state, params, extra_args)
-
-    def on_micro(state, params):
-      shapes = jax.eval_shape(on_emit, state, params)[0]
-      return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), state
-
-    return cond(emitting, on_emit, on_micro, state, params)
-
-  return AccumulateGradients(
-    init_fn,
-    update_fn,
-    inner=inner,
+  rule = _Accumulation(
+    inner=_check_optimizer(optimizer),
+    every_k=_check_every_k(every_k_schedule),
     axis_name=axis_name,
-    accumulate=accumulate_fn,
-    emit=emit_fn,
+    use_grad_mean=use_grad_mean,
+    accumulator_dtype=_validation.check_accumulator_dtype(accumulator_dtype),
+    should_skip_update_fn=should_skip_update_fn,
   )
+  _check_axis_name(axis_name)
+  _check_should_skip(should_skip_update_fn)
+  return AccumulateGradients(rule.init, rule.update)
 
 
 def _find_state(opt_state: optax.OptState, caller: str) -> AccumulateGradientsState:

@@ -23,13 +23,28 @@ def _abs_sq(x):
 
 
 def torch_sgd(
-  p0, grad_fn, steps, lr, momentum, dampening=0.0, weight_decay=0.0, nesterov=True
+  p0,
+  grad_fn,
+  steps,
+  lr,
+  momentum,
+  dampening=0.0,
+  weight_decay=0.0,
+  nesterov=True,
+  gradient_restart=False,
 ):
   """torch.optim.SGD, `_single_tensor_sgd` (PyTorch 2.x), maximize=False.
 
   ``lr`` is a function of the step index (0-based), as an LR scheduler that
   steps after every optimizer step would give. Returns the list of params
   after each step (p_1 .. p_steps).
+
+  One switch leaves the reference, to describe nag_optax's documented
+  ``restart="gradient"`` against it (O'Donoghue and Candes 2015, in the
+  PyTorch form): when the step of the non-extrapolated iterate, -lr buf,
+  goes uphill for the gradient d_p (Re <d_p, -buf> > 0), the buffer is
+  zeroed before the look-ahead and the next step starts it afresh (undamped,
+  as PyTorch's first step).
   """
   p = _params(p0)
   buf = None
@@ -43,7 +58,12 @@ def torch_sgd(
         buf = d_p.copy()  # torch.clone(d_p).detach()
       else:
         buf = momentum * buf + (1 - dampening) * d_p  # buf.mul_(m).add_(d_p, 1-damp)
+      restart = gradient_restart and np.real(np.vdot(d_p, -buf)) > 0
+      if restart:
+        buf = np.zeros_like(buf)
       d_p = d_p + momentum * buf if nesterov else buf
+      if restart:
+        buf = None
     p = p - lr(t) * d_p
     out.append(p.copy())
   return out

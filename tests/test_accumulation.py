@@ -1,6 +1,7 @@
 """accumulate_gradients: optax.MultiSteps' results, the inner update and the
 cross-device mean only on emitted steps, under jit, pmap and shard_map."""
 
+import copy
 import doctest
 
 import chex
@@ -198,6 +199,50 @@ def test_accumulate_then_emit_is_update():
   assert tx.inner is not None and tx.axis_name is None
 
 
+def test_an_optax_transformation_that_replace_and_copy_keep_whole():
+  """AccumulateGradients is the pair (init, update), an
+  optax.GradientTransformationExtraArgs (so optax.chain passes extra
+  arguments on), with nothing else in the instance: _replace, copy and
+  unpacking give transformations whose halves still work."""
+  inner = nag_optax.nesterov(0.1, momentum=0.9, restart="function")
+  tx = nag_optax.accumulate_gradients(inner, 2)
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  assert not vars(tx)
+  init, update = tx
+  params, (g,) = _params(), _grads(12, 1)
+  # restart="function" refuses an update without value=: the chain passed it.
+  chained = optax.chain(optax.clip(10.0), tx)
+  state = chained.init(params)
+  for _ in range(2):
+    _, state = chained.update(g, state, params, value=jnp.float32(1.0))
+  assert int(nag_optax.accumulation_gradient_step(state)) == 1
+
+  value = jnp.float32(1.0)
+  expected, _ = update(g, init(params), params, value=value)
+  calls = []
+  counting_init = lambda p: calls.append(1) or init(p)
+  variants = [
+    tx._replace(init=counting_init),
+    copy.copy(tx),
+    copy.deepcopy(tx),
+    nag_optax.AccumulateGradients(init, update),
+  ]
+  for other in variants:
+    assert type(other) is nag_optax.AccumulateGradients
+    state = other.init(params)
+    state, emitting = other.accumulate(g, state, params)
+    assert not bool(emitting) and other.axis_name is None
+    assert isinstance(other.inner.init(params), nag_optax.NesterovState)
+    updates, _ = other.update(g, other.init(params), params, value=value)
+    chex.assert_trees_all_equal(updates, expected)
+    new_params, _ = other.update_and_apply(g, other.init(params), params, value=value)
+    chex.assert_trees_all_equal(new_params, params)  # a micro-step
+  assert len(calls) == 3
+  replaced = tx._replace(update=optax.sgd(0.1).update)
+  with pytest.raises(TypeError, match="not the one accumulate_gradients made"):
+    replaced.accumulate(g, tx.init(params), params)
+
+
 def test_a_non_finite_cycle_does_not_spoil_the_next_one():
   inner = optax.sgd(0.1)  # stateless: only the accumulator can carry the inf
   grads = _grads(8, 4)
@@ -299,16 +344,30 @@ def test_docstring_examples():
 
 K = 2
 STEPS = 6  # three emitted steps
-X = np.random.default_rng(7).normal(size=(STEPS, 32, 3)).astype(np.float32)
+X = np.random.default_rng(7).normal(size=(STEPS, 32, 3))
+# The float64 gradient of _params() (3 x 2 + 2 elements), crossing devices
+# exactly once per emitted step.
+GRADIENT_BYTES = 8 * 8
+# Every path sums the batch in another order than one device does: they
+# agree to float64 rounding (a few ulps per step). Without the cross-device
+# mean a device's parameters move 0.6 away; a doubled mean changes no value
+# and is caught by the count of all-reduces below.
+RTOL, ATOL = 1e-12, 1e-14
 
 
 def _inner():
   return nag_optax.nesterov(SCHEDULE, momentum=0.9)
 
 
+def _accumulating(**kwargs):
+  return nag_optax.accumulate_gradients(
+    _inner(), K, axis_name="data", accumulator_dtype=jnp.float64, **kwargs
+  )
+
+
 def _reference_full_batch():
-  """One device, the full batch, optax.MultiSteps."""
-  tx = optax.MultiSteps(_inner(), K)
+  """One device, the full batch, optax.MultiSteps, in float64."""
+  tx = optax.MultiSteps(_inner(), K, accumulator_dtype=jnp.float64)
   params, state = _params(), tx.init(_params())
   for x in X:
     updates, state = tx.update(jax.grad(_loss)(params, x), state, params)
@@ -316,14 +375,17 @@ def _reference_full_batch():
   return params
 
 
-@pytest.fixture(scope="module")
-def reference():
-  return _reference_full_batch()
+def _device_step(tx, method, *, varying):
+  """One device's step: its gradient, then tx.update (and apply_updates) or
+  tx.update_and_apply. Under shard_map (``varying``) the gradient is taken
+  with respect to parameters cast to varying, so that it stays local."""
 
-
-def _pmapped_step(tx):
   def step(params, state, x):
-    updates, state = tx.update(jax.grad(_loss)(params, x), state, params)
+    at = jax.lax.pcast(params, "data", to="varying") if varying else params
+    grads = jax.grad(_loss)(at, x)
+    if method == "update_and_apply":
+      return tx.update_and_apply(grads, state, params)
+    updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
   return step
@@ -334,13 +396,13 @@ def _replicate(tree, axis_name):
   return jax.pmap(lambda x: x, axis_name=axis_name)(stacked)
 
 
-@pytest.fixture(scope="module")
-def pmap_run():
+def _pmap_run(tx, method):
+  """Every call under jax.pmap: (params, state) with a device axis, and the
+  compiled step's HLO."""
   assert jax.local_device_count() == N_DEVICES, "conftest forces 8 CPU devices"
-  tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="data")
   chex.clear_trace_counter()
   step = jax.pmap(
-    chex.assert_max_traces(_pmapped_step(tx), n=1),
+    chex.assert_max_traces(_device_step(tx, method, varying=False), n=1),
     axis_name="data",
     donate_argnums=(0, 1),
   )
@@ -352,34 +414,25 @@ def pmap_run():
   return params, state, lowered.compile().as_text()
 
 
-def test_pmap_equals_one_device_on_the_full_batch(pmap_run, reference):
-  params, state, _ = pmap_run
-  for leaf in jax.tree.leaves(params):  # replicas identical
-    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
-  chex.assert_trees_all_close(
-    jax.tree.map(lambda x: x[0], params), reference, rtol=1e-5, atol=1e-6
+def _shard_map_run(tx, method):
+  """Every call under jax.jit of jax.shard_map: (params, state), the
+  accumulator with one row per device, and the compiled step's HLO."""
+  mesh = jax.make_mesh(
+    (N_DEVICES,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
   )
-  assert np.all(np.asarray(state.gradient_step) == STEPS // K)
-  # The accumulator is device-local: after the last emitted step it still
-  # holds each device's own mean of that cycle, different per device.
-  acc = np.asarray(state.acc_grads["b"])
-  assert not np.allclose(acc[0], acc[1])
-
-
-def _shard_map_run(tx, mesh):
   state0 = tx.init(_params())
   # The accumulator is device-local: one row per device, sharded; the rest
   # of the state is replicated.
   specs = jax.tree.map(lambda _: P(), state0)._replace(
     acc_grads=jax.tree.map(lambda _: P("data"), state0.acc_grads)
   )
+  device_step = _device_step(tx, method, varying=True)
 
   def body(params, state, x):
     state = state._replace(acc_grads=jax.tree.map(lambda a: a[0], state.acc_grads))
-    varying = jax.lax.pcast(params, "data", to="varying")
-    updates, state = tx.update(jax.grad(_loss)(varying, x), state, params)
+    params, state = device_step(params, state, x)
     state = state._replace(acc_grads=jax.tree.map(lambda a: a[None], state.acc_grads))
-    return optax.apply_updates(params, updates), state
+    return params, state
 
   step = jax.jit(
     jax.shard_map(
@@ -392,35 +445,52 @@ def _shard_map_run(tx, mesh):
   )
   for x in X:
     params, state = step(params, state, x)
-  return params, step.lower(params, state, X[0]).compile().as_text()
+  return params, state, step.lower(params, state, X[0]).compile().as_text()
 
 
-@pytest.fixture(scope="module")
-def shard_map_run():
-  mesh = jax.make_mesh(
-    (N_DEVICES,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-  )
-  tx = nag_optax.accumulate_gradients(_inner(), K, axis_name="data")
-  return _shard_map_run(tx, mesh)
+def _assert_one_gradient_reduction_in_the_emitting_branch(hlo):
+  found = parallel.collectives(hlo)
+  # All in the emitting branch (1): none on micro-steps, outside the
+  # conditional or in its pass-through branch (0).
+  assert {c.branch for c in found} == {1}, found
+  assert {c.op for c in found} == {"all-reduce"}, found
+  # The gradient once: its bytes exactly (a pmean of a pmean, or a second
+  # reduction of any part of it, adds more), in one all-reduce per leaf at
+  # most (XLA may combine the leaves into one).
+  assert {c.dtype for c in found} == {"f64"}, found
+  assert sum(c.input_bytes for c in found) == GRADIENT_BYTES, found
+  assert 1 <= len(found) <= len(jax.tree.leaves(_params())), found
 
 
-def test_shard_map_equals_one_device_on_the_full_batch(shard_map_run, reference):
-  params, _ = shard_map_run
-  chex.assert_trees_all_close(params, reference, rtol=1e-5, atol=1e-6)
-
-
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("method", ["update", "update_and_apply"])
 @pytest.mark.parametrize("path", ["pmap", "shard_map"])
-def test_cross_device_mean_only_in_the_emitting_branch(path, pmap_run, shard_map_run):
-  hlo = pmap_run[2] if path == "pmap" else shard_map_run[1]
-  found = [c for c in parallel.collectives(hlo) if c.op == "all-reduce"]
-  assert not [c for c in found if c.branch is None]  # micro-steps: none
-  assert not [c for c in found if c.branch == 0]  # branch 0: pass through
-  assert [c for c in found if c.branch == 1]  # branch 1: the emitted step's pmean
+def test_axis_name_equals_one_device_on_the_full_batch_with_one_reduction(path, method):
+  """accumulate_gradients(..., axis_name=) in a hand-written step: the
+  parameters of one device on the full batch, and one gradient all-reduce
+  per emitted step, read from the compiled program."""
+  tx = _accumulating()
+  if path == "pmap":
+    params, state, hlo = _pmap_run(tx, method)
+    for leaf in jax.tree.leaves(params):  # replicas identical
+      np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
+    params = jax.tree.map(lambda x: x[0], params)
+    assert np.all(np.asarray(state.gradient_step) == STEPS // K)
+  else:
+    params, state, hlo = _shard_map_run(tx, method)
+    assert int(state.gradient_step) == STEPS // K
+  chex.assert_trees_all_close(params, _reference_full_batch(), rtol=RTOL, atol=ATOL)
+  # The accumulator is device-local: after the last emitted step it still
+  # holds each device's own mean of that cycle, different per device.
+  acc = np.asarray(state.acc_grads["b"])
+  assert acc.shape == (N_DEVICES, 2) and not np.allclose(acc[0], acc[1])
+  _assert_one_gradient_reduction_in_the_emitting_branch(hlo)
 
 
+@pytest.mark.usefixtures("x64")
 def test_collective_placement_detects_a_pmean_every_micro_step():
   """The HLO check above fails for the usual pmean-then-MultiSteps step."""
-  tx = optax.MultiSteps(_inner(), K)
+  tx = optax.MultiSteps(_inner(), K, accumulator_dtype=jnp.float64)
 
   def step(params, state, x):
     grads = jax.lax.pmean(jax.grad(_loss)(params, x), "data")
@@ -435,15 +505,16 @@ def test_collective_placement_detects_a_pmean_every_micro_step():
     .compile()
     .as_text()
   )
+  with pytest.raises(AssertionError):
+    _assert_one_gradient_reduction_in_the_emitting_branch(hlo)
   found = parallel.collectives(hlo)
   assert [c for c in found if c.op == "all-reduce" and c.branch is None]
 
 
+@pytest.mark.usefixtures("x64")
 def test_pmap_skip_on_one_device_skips_on_all():
-  tx = nag_optax.accumulate_gradients(
-    _inner(), K, axis_name="data", should_skip_update_fn=optax.skip_not_finite
-  )
-  step = jax.pmap(_pmapped_step(tx), axis_name="data")
+  tx = _accumulating(should_skip_update_fn=optax.skip_not_finite)
+  step = jax.pmap(_device_step(tx, "update", varying=False), axis_name="data")
   params = _replicate(_params(), "data")
   state = jax.pmap(tx.init, axis_name="data")(params)
   xs = X[:3].reshape(3, N_DEVICES, -1, 3).copy()

@@ -150,6 +150,53 @@ def test_adan_restart_every_resets_m_and_v_and_their_bias_corrections():
   assert int(inner.momentum_count) == STEPS % 7
 
 
+def _adan_directions_np(grads, values, b1, b2, b3, eps, *, n_correction_from):
+  """scale_by_adan(restart="function")'s directions, transcribed from the
+  reference step (sail-sg/Adan, `_single_tensor_adan`) with the documented
+  restart: a loss that went up zeroes m and v after the step and restarts
+  their bias corrections (step k); the correction of n counts from
+  ``n_correction_from``: "start" (step t, the rule) or "restart" (k)."""
+  m = v = n = np.zeros_like(grads[0])
+  prev_grad, prev_value, k, out = None, np.inf, 0, []
+  for t, (g, value) in enumerate(zip(grads, values, strict=True), start=1):
+    k += 1
+    delta = np.zeros_like(g) if prev_grad is None else g - prev_grad
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * delta
+    n = b3 * n + (1 - b3) * (g + b2 * delta) ** 2
+    c3 = 1 - b3 ** (t if n_correction_from == "start" else k)
+    denom = np.sqrt(n) / np.sqrt(c3) + eps
+    out.append((m / (1 - b1**k) + b2 * v / (1 - b2**k)) / denom)
+    if value > prev_value:
+      m, v, k = 0 * m, 0 * v, 0
+    prev_value, prev_grad = value, g
+  return np.stack(out)
+
+
+def test_adan_second_moment_correction_counts_from_the_start_across_restarts():
+  """A restart leaves n and its bias correction 1 - b3^t alone: only m and
+  v restart theirs. Step by step against the transcription above."""
+  b1, b2, b3, eps = 0.98, 0.92, 0.99, 1e-8
+  grads = np.random.default_rng(3).normal(size=(8, 4))
+  values = [3.0, 2.0, 2.5, 2.0, 1.5, 1.7, 1.0, 0.5]  # up at steps 3 and 6
+  tx = nag_optax.scale_by_adan(b1, b2, b3, eps, restart="function")
+  params = jnp.zeros(4)
+  state, ours = tx.init(params), []
+  for g, value in zip(grads, values, strict=True):
+    direction, state = tx.update(jnp.asarray(g), state, params, value=value)
+    ours.append(direction)
+  assert int(state.restarts) == 2 and int(state.count) == 8
+  rule = _adan_directions_np(grads, values, b1, b2, b3, eps, n_correction_from="start")
+  assert max_dev(np.stack(ours), rule) < TIGHT
+  # The other count changes every step after the first restart, by far
+  # more than rounding: the test tells the two apart.
+  other = _adan_directions_np(
+    grads, values, b1, b2, b3, eps, n_correction_from="restart"
+  )
+  np.testing.assert_allclose(other[:3], rule[:3], rtol=TIGHT)
+  assert np.min(np.max(np.abs(other[3:] - rule[3:]), axis=1)) > 1e-2
+
+
 def test_adan_function_restart_zeroes_the_momentum_and_keeps_n():
   tx = nag_optax.scale_by_adan(restart="function")
   params = {"w": jnp.array([1.0, -2.0, 0.5])}

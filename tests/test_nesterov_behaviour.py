@@ -9,6 +9,8 @@ import pytest
 
 import nag_optax
 from nag_optax import _substate
+from tests import harness
+from tests import numpy_reference as ref
 
 # A small linear regression: 64 examples, 5 features, 2 outputs.
 _RNG = np.random.default_rng(0)
@@ -264,21 +266,61 @@ def test_eval_params_inside_jit_reads_the_units_from_the_state():
   assert all(bool(jnp.all(jnp.isnan(x))) for x in jax.tree.leaves(missing))
 
 
+def _per_step_momentum(t):
+  """A momentum that changes at every step (0.5, 0.6, 0.66, ...): the
+  look-ahead's mu_{t+1} differs from the buffer's mu_t at every step."""
+  return 0.5 + 0.4 * t / (t + 3)
+
+
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(
-  "wrap",
+  "wrap,calls_per_step,clip",
   [
-    lambda tx: tx,
-    lambda tx: optax.chain(optax.clip(1.0), tx),
-    lambda tx: optax.MultiSteps(tx, every_k_schedule=2),
-    lambda tx: optax.apply_if_finite(tx, 3),
-    lambda tx: optax.masked(tx, {"w": True, "b": True}),
-    lambda tx: nag_optax.accumulate_gradients(tx, 2),
+    (lambda tx: tx, 1, None),
+    (lambda tx: optax.chain(optax.clip(1.0), tx), 1, 1.0),
+    (lambda tx: optax.MultiSteps(tx, 2, accumulator_dtype=jnp.float64), 2, None),
+    (lambda tx: optax.apply_if_finite(tx, 3), 1, None),
+    (lambda tx: optax.masked(tx, {"w": True}), 1, None),
+    (
+      lambda tx: nag_optax.accumulate_gradients(tx, 2, accumulator_dtype=None),
+      2,
+      None,
+    ),
   ],
   ids=["bare", "chain", "MultiSteps", "apply_if_finite", "masked", "accumulate"],
 )
-def test_the_nesterov_state_is_found_inside_every_wrapper(wrap):
-  state = wrap(nag_optax.nesterov(0.1, 0.9)).init(PARAMS)
+def test_eval_params_inside_every_wrapper_are_the_textbook_nag_iterate(
+  wrap, calls_per_step, clip
+):
+  """After several steps, nesterov_eval_params finds the Nesterov state
+  inside the wrapper and returns theta_t of textbook NAG (Sutskever et al.
+  2013, eq. 3-4, transcribed in tests/numpy_reference.py), while the stored
+  parameters are its look-ahead theta_t + mu_{t+1} v_t."""
+  lr, steps = 0.05, 6
+  tx = wrap(nag_optax.nesterov(lr, _per_step_momentum))
+  params = {"w": jnp.asarray(harness.P0)}
+  state = tx.init(params)
   (found,) = _substate.find_all(state, nag_optax.NesterovState)
-  assert found.trace.keys() == PARAMS.keys()
-  theta = nag_optax.nesterov_eval_params(state, PARAMS)
-  chex.assert_trees_all_equal(theta, PARAMS)  # no momentum yet
+  assert found.trace.keys() == params.keys()
+  chex.assert_trees_all_equal(nag_optax.nesterov_eval_params(state, params), params)
+  update = jax.jit(tx.update)
+  for _ in range(steps):
+    # Micro-steps leave the parameters where they are: each call of a cycle
+    # takes the same gradient, and their mean is that gradient.
+    grads = {"w": harness.grad_jnp(params["w"])}
+    for _ in range(calls_per_step):
+      updates, state = update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+
+  if clip is None:
+    grad_np = harness.grad_np
+  else:
+    grad_np = lambda p: np.clip(harness.grad_np(p), -clip, clip)
+  textbook = ref.textbook_nag(
+    harness.P0, grad_np, steps, lambda t: lr, _per_step_momentum
+  )
+  theta, lookahead = textbook[-1]
+  assert harness.max_dev(params["w"], lookahead) < harness.TIGHT
+  theta_ours = nag_optax.nesterov_eval_params(state, params)["w"]
+  assert harness.max_dev(theta_ours, theta) < harness.TIGHT
+  assert harness.max_dev(theta, lookahead) > 1e-3  # the correction matters

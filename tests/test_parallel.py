@@ -158,17 +158,20 @@ def test_every_path_equals_one_device_on_the_full_batch(path, micro_batches, var
   # Metrics: one value per device, each the mean over its micro-batches, at
   # the parameters the last call started from.
   assert np.shape(metrics["loss"]) == (N_DEVICES,)
-  if not accumulating:
-    before_last = _params_before_last_call(every_k)
-    ref_loss, ref_mae = _reference_metrics(before_last, micro_batches)
-    _close(np.asarray(metrics["loss"]), ref_loss)
-    if has_aux:
-      _close(np.asarray(metrics["aux"]["mae"]), ref_mae)
+  before_last = _params_before_last_call(every_k)
+  ref_loss, ref_mae = _reference_metrics(before_last, micro_batches)
+  _close(np.asarray(metrics["loss"]), ref_loss)
+  if has_aux:
+    _close(np.asarray(metrics["aux"]["mae"]), ref_mae)
 
 
 def _params_before_last_call(every_k):
-  """The reference trajectory's parameters before its last call."""
-  tx = toy.inner()
+  """The reference trajectory's parameters before its last call (that of
+  toy.reference_params)."""
+  if every_k == 1:
+    tx = toy.inner()
+  else:
+    tx = optax.MultiSteps(toy.inner(), every_k, accumulator_dtype=jnp.float64)
   params = toy.init_params(jnp.float64)
   state = tx.init(params)
   x, y = toy.data(np.float64)
