@@ -5,8 +5,10 @@ TensorBoard, and a plot drawn from the file.
 `<workdir>/metrics.jsonl` and, with `tensorboard=True`, writes the same
 scalars as TensorBoard events under `<workdir>/tensorboard` (tensorboardX:
 neither TensorFlow nor PyTorch is needed; `tensorboard --logdir ...`).
-A resumed run first drops what the interrupted one recorded after its
-checkpoint, so every step appears once.
+Each record is on disk when `write` returns (the file is appended to and
+closed), so an interrupted run loses none. A resumed run first drops what
+the interrupted one recorded after its checkpoint, so every step appears
+once.
 """
 
 import json
@@ -16,12 +18,23 @@ FILE = "metrics.jsonl"
 
 
 def read(workdir: str) -> list[dict]:
-  """The records of `<workdir>/metrics.jsonl`, in order ([] if none)."""
+  """The records of `<workdir>/metrics.jsonl`, in order ([] if none).
+
+  A last line cut short (the process killed while writing it) is left out.
+  """
   path = os.path.join(workdir, FILE)
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  rows = [json.loads(line) for line in lines[:-1]]
+  if lines:
+    try:
+      rows.append(json.loads(lines[-1]))
+    except json.JSONDecodeError:
+      if lines[-1].endswith("\n"):
+        raise
+  return rows
 
 
 class MetricWriter:
@@ -34,7 +47,14 @@ class MetricWriter:
     self._tensorboard = None
     if not enabled:
       return
-    kept = [r for r in read(workdir) if r["step"] <= resume_step]
+    # The final evaluation's record is the one at the checkpoint's step that
+    # a resumed run writes again (it resumes at the last step and evaluates).
+    kept = [
+      r
+      for r in read(workdir)
+      if r["step"] < resume_step
+      or (r["step"] == resume_step and "eval_accuracy_tta" not in r)
+    ]
     with open(self._path, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     if tensorboard:

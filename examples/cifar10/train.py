@@ -3,7 +3,8 @@
 Read top to bottom: the optimizer (`create_optimizer`), the pure functions
 (`loss_fn`, per device; `eval_step`; `ema_reset`), the distributed, compiled
 pieces built from a config and a mesh (`create_train_step`,
-`create_eval_step`), then the loop (`train_and_evaluate`).
+`create_eval_step`), then the loop (`train_and_evaluate`). Before any of
+it runs, `validate_config` checks the configuration.
 
 `nag_optax.parallel.jit_data_parallel` writes the training step from
 `loss_fn`: the batch split across the devices, each device's slice split
@@ -15,11 +16,17 @@ device.
 """
 
 import contextlib
+import difflib
 import functools
+import gc
+import importlib.util
+import logging
 import math
 import os
 import platform
+import shutil
 import subprocess
+import sys
 import time
 
 import input_pipeline
@@ -31,6 +38,7 @@ import models
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from configs import default as default_config
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -39,17 +47,225 @@ import nag_optax
 from nag_optax import parallel
 
 # --------------------------------------------------------------------------
+# The configuration, checked before anything runs.
+
+
+class ConfigError(ValueError):
+  """An invalid configuration: `problems` holds one line per problem, each
+  `<field>: <what is wrong and what to do>`."""
+
+  def __init__(self, problems):
+    self.problems = list(problems)
+    super().__init__("\n".join(self.problems))
+
+
+class WorkdirError(RuntimeError):
+  """The run cannot write to its workdir: a folder or a checkpoint (the
+  message names the path and says what to do)."""
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return (_is_int(value) or isinstance(value, float | np.floating)) and bool(
+    math.isfinite(value)
+  )
+
+
+def _integer(low, high=None):
+  def check(value):
+    return _is_int(value) and low <= value and (high is None or value <= high)
+
+  if high is not None:
+    return check, f"an integer from {low} to {high}"
+  return check, "a positive integer" if low == 1 else f"an integer >= {low}"
+
+
+def _number(low, high=None, *, above=False, below=False):
+  def check(value):
+    return (
+      _is_number(value)
+      and (value > low if above else value >= low)
+      and (high is None or (value < high if below else value <= high))
+    )
+
+  if high is None:
+    return check, f"a number {'>' if above else '>='} {low}"
+  opening, closing = "(" if above else "[", ")" if below else "]"
+  return check, f"a number in {opening}{low}, {high}{closing}"
+
+
+def _boolean():
+  return lambda value: isinstance(value, bool | np.bool_), "True or False"
+
+
+def _string(nonempty=False):
+  def check(value):
+    return isinstance(value, str) and bool(value or not nonempty)
+
+  return check, "a non-empty string" if nonempty else "a string"
+
+
+def _one_of(*choices):
+  return lambda value: isinstance(value, str) and value in choices, " or ".join(
+    repr(c) for c in choices
+  )
+
+
+def _widths():
+  def check(value):
+    return (
+      isinstance(value, tuple | list)
+      and len(value) == 3
+      and all(_is_int(w) and w > 0 for w in value)
+    )
+
+  return check, "three positive integers, the channels of the conv groups"
+
+
+# What each field of configs/default.py takes.
+_FIELDS = {
+  "data_dir": _string(nonempty=True),
+  "download": _boolean(),
+  "validation_images": _integer(0),
+  "train_subset": _integer(0),
+  "eval_subset": _integer(0),
+  "crop_padding": _integer(0, 32),
+  "alternating_flip": _boolean(),
+  "widths": _widths(),
+  "bn_momentum": _number(0, 1),
+  "scaling_factor": _number(0, above=True),
+  "compute_dtype": _one_of("float32", "bfloat16"),
+  "whiten_images": _integer(1),
+  "whiten_eps": _number(0, above=True),
+  "batch_size": _integer(1),
+  "num_epochs": _number(0, above=True),
+  "learning_rate": _number(0),
+  "momentum": _number(0, 1, below=True),
+  "weight_decay": _number(0),
+  "bias_scaler": _number(0, above=True),
+  "warmup_fraction": _number(0, 1),
+  "warmup_from": _number(0),
+  "final_lr_factor": _number(0),
+  "label_smoothing": _number(0, 1),
+  "whiten_bias_epochs": _number(0),
+  "ema_every": _integer(0),
+  "ema_decay": _number(0, 1),
+  "accum_steps": _integer(1),
+  "num_devices": _integer(0),
+  "zero1": _boolean(),
+  "cpu_devices": _integer(0),
+  "xla_flags": _string(),
+  "tta_level": (
+    lambda value: _is_int(value) and value in (0, 1, 2),
+    "0 (one view), 1 (mirror) or 2 (mirror and shifts)",
+  ),
+  "eval_batch_size": _integer(1),
+  "eval_every_epochs": _integer(0),
+  "seed": _integer(0, 2**32 - 1),
+  "deterministic": _boolean(),
+  "checkpoint_every_steps": _integer(0),
+  "checkpoints_to_keep": _integer(1),
+  "stop_after_steps": _integer(0),
+  "plot": _boolean(),
+  "tensorboard": _boolean(),
+}
+
+
+def _multiples(value: int, of: int) -> str:
+  """The multiples of `of` nearest to `value`, as advice."""
+  below, above = value // of * of, (value // of + 1) * of
+  return f"{below} or {above}" if below else f"{above}"
+
+
+def validate_config(config, num_devices: int | None = None) -> list[str]:
+  """Every problem of `config`, one line each: `<field>: <what to do>`.
+
+  Checks that each field of configs/default.py is there with a value of its
+  type and range, that no field is unknown (a misspelling), that the
+  packages of `plot` and `tensorboard` are installed and, given
+  `num_devices` (the devices JAX has, `len(jax.devices())`), that
+  `num_devices` fits and both batch sizes divide over the devices used
+  (`batch_size` into `accum_steps` micro-batches each). What depends on the
+  data (the batch against the number of training images) is checked by
+  `train_and_evaluate` once the data is read.
+
+  Returns:
+    The problems; [] when the configuration is valid.
+  """
+  defaults = default_config.get_config()
+  problems = []
+  valid = {}
+  for name, (check, requirement) in _FIELDS.items():
+    if name not in config:
+      problems.append(
+        f"{name}: missing; add it (configs/default.py has {defaults[name]!r})"
+      )
+    elif not check(config[name]):
+      problems.append(
+        f"{name}: {config[name]!r} is not {requirement}; set --config.{name} "
+        f"(configs/default.py has {defaults[name]!r})"
+      )
+    else:
+      valid[name] = config[name]
+  for name in config:
+    if name not in _FIELDS:
+      close = difflib.get_close_matches(name, list(_FIELDS), n=1)
+      hint = f" (did you mean {close[0]}?)" if close else ""
+      problems.append(f"{name}: unknown field{hint}; remove it or correct its name")
+  packages = (("plot", "matplotlib"), ("tensorboard", "tensorboardX"))
+  for name, package in packages:
+    if valid.get(name) and importlib.util.find_spec(package) is None:
+      problems.append(
+        f"{name}: needs {package}: pip install {package}, or set --config.{name}=False"
+      )
+  if num_devices is None or "num_devices" not in valid:
+    return problems
+  if valid["num_devices"] > num_devices:
+    problems.append(
+      f"num_devices: {valid['num_devices']} but JAX has {num_devices} devices; set "
+      f"--config.num_devices to at most {num_devices} (0: all of them)"
+    )
+    return problems
+  devices = valid["num_devices"] or num_devices
+  if "batch_size" in valid and "accum_steps" in valid:
+    per_step = devices * valid["accum_steps"]
+    if valid["batch_size"] % per_step:
+      problems.append(
+        f"batch_size: {valid['batch_size']} does not split over {devices} devices "
+        f"x accum_steps {valid['accum_steps']}; set --config.batch_size to a "
+        f"multiple of {per_step}: {_multiples(valid['batch_size'], per_step)}"
+      )
+  if "eval_batch_size" in valid and valid["eval_batch_size"] % devices:
+    problems.append(
+      f"eval_batch_size: {valid['eval_batch_size']} does not split over "
+      f"{devices} devices; set --config.eval_batch_size to a multiple of "
+      f"{devices}: {_multiples(valid['eval_batch_size'], devices)}"
+    )
+  return problems
+
+
+# --------------------------------------------------------------------------
 # The optimizer (built in this one place).
+
+
+def _lr_knots(total_steps: int, config) -> tuple[list, list]:
+  """The schedule's corners: (steps, factors) to interpolate between."""
+  warmup = max(int(total_steps * config.warmup_fraction), 1)
+  steps = [0.0, warmup, max(total_steps, warmup + 1)]
+  return steps, [config.warmup_from, 1.0, config.final_lr_factor]
 
 
 def lr_factor(step, total_steps: int, config) -> jax.Array:
   """airbench's schedule: linear warm-up_from -> 1 over warmup_fraction of
   the steps, then linear to final_lr_factor at the last step."""
-  warmup = max(int(total_steps * config.warmup_fraction), 1)
+  steps, factors = _lr_knots(total_steps, config)
   return jnp.interp(
     jnp.asarray(step, jnp.float32),
-    jnp.array([0.0, warmup, max(total_steps, warmup + 1)], jnp.float32),
-    jnp.array([config.warmup_from, 1.0, config.final_lr_factor], jnp.float32),
+    jnp.array(steps, jnp.float32),
+    jnp.array(factors, jnp.float32),
   )
 
 
@@ -109,7 +325,9 @@ def create_optimizer(
     return nag_optax.nesterov(
       schedule,
       config.momentum,
-      weight_decay=wd / base_lr,
+      # The coefficient that makes the decay per step lr_t * wd / lr; with
+      # lr 0 nothing moves and the decay is 0 too.
+      weight_decay=wd / base_lr if base_lr else 0.0,
       decoupled_weight_decay=False,
       form="pytorch",
     )
@@ -294,10 +512,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   many held-out training images (for tuning). Returns the results, plus
   "params" and "model_state" (host NumPy) when training ran to its end, or
   {"stopped_at_step": step} when it stopped early.
+
+  Each step's row of metrics.jsonl is written as soon as its metrics reach
+  the host, and all of them before a checkpoint is saved; a resumed run
+  drops the rows after its checkpoint. Whatever stops the run (an error,
+  Ctrl-C), the checkpoint manager and the metric writer are closed.
+
+  Raises:
+    ConfigError: a field of `config` is invalid (`validate_config`), does
+      not fit the data, or differs from the one that wrote the workdir's
+      checkpoints in a way they cannot be restored into (`widths`).
+    WorkdirError: the workdir, its checkpoints/ or a checkpoint cannot be
+      written.
+    input_pipeline.DataError: the data is missing or unreadable.
   """
   wall_start = time.perf_counter()
   clock = _Clock()
-  os.makedirs(workdir, exist_ok=True)
+  problems = validate_config(config, len(jax.devices()))
+  if problems:
+    raise ConfigError(problems)
+  _check_writable(workdir)
+  _check_checkpoints(workdir, config)
 
   # ---- Data: on the host, then the padded training set on every device.
   with clock("data"):
@@ -306,9 +541,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.data_mesh(devices)
     replicated = NamedSharding(mesh, PartitionSpec())
     num_train = len(data["train_labels"])
+    if config.batch_size > num_train:
+      raise ConfigError(
+        [
+          f"batch_size: {config.batch_size} is more than the {num_train} "
+          "training images (after validation_images and train_subset); set "
+          f"--config.batch_size to at most {num_train}"
+        ]
+      )
     steps_per_epoch = num_train // config.batch_size  # drop last, as airbench
-    if steps_per_epoch == 0:
-      raise ValueError(f"batch_size {config.batch_size} > {num_train} images")
     total_steps = math.ceil(steps_per_epoch * config.num_epochs)
     pad = config.crop_padding
     train_images = _place(
@@ -373,81 +614,104 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     del warm, ema, plan
 
   # ---- State: fresh (the whitening init is part of the timed run) or
-  # restored from the latest checkpoint.
+  # restored from the newest intact checkpoint.
   checkpoints = _Checkpoints(workdir, config, dp, params, model_state)
-  with clock("train"):
-    state = fresh_state()
-    ema = _copy(state)
-  start_step, state, ema, data_key = checkpoints.restore(state, ema, data_key, clock)
-  writer = metrics_lib.MetricWriter(
-    workdir,
-    tensorboard=config.tensorboard,
-    resume_step=start_step,
-    enabled=jax.process_index() == 0,
-  )
-  lr0, _ = per_step_hyperparameters(config)
-  stop_at = total_steps
-  if config.stop_after_steps:
-    stop_at = min(total_steps, start_step + config.stop_after_steps)
-
-  # ---- Training: epoch by epoch.
-  step = start_step
-  while step < stop_at:
-    epoch = step // steps_per_epoch
-    epoch_end = min((epoch + 1) * steps_per_epoch, stop_at)
-    trained_before = clock.totals.get("train", 0.0)
-    pending = []
+  writer = None
+  try:
     with clock("train"):
-      plan = plan_fn(data_key, epoch)
-      for step in range(step, epoch_end):  # noqa: B020 (step carries on)
-        state, metrics = step_fn(state, step, plan)
-        pending.append((step + 1, metrics))
-        if len(pending) > 1:
-          # The host stays at most one step ahead of the devices: with dozens
-          # of steps in flight, an all-reduce of the step deadlocked on two
-          # CPU devices (XLA:CPU, jax 0.10.2).
-          jax.block_until_ready(pending[-2][1])
-        done = step + 1
-        if config.ema_every and (done % config.ema_every == 0 or done == total_steps):
-          ema, state = ema_fn(ema, state, ema_decay(config, done, total_steps))
-        if config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
-          jax.block_until_ready(state)  # the steps queued so far are training
-          checkpoints.save(done, state, ema, data_key, clock)
-      jax.block_until_ready(state)
-    step = epoch_end
-    rows = [(done, _train_metrics(m)) for done, m in pending]
-    for done, row in rows:
-      lr = float(lr0 * lr_factor(done - 1, total_steps, config))
-      writer.write(done, {**row, "lr": lr})
-    summary = {
-      "epoch": epoch + 1,
-      "step": step,
-      **{k: np.mean([row[k] for _, row in rows]) for k in rows[0][1]},
-      "seconds": clock.totals["train"] - trained_before,
-    }
-    if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
-      if step < total_steps:  # the final evaluation comes below
-        with clock("eval"):
-          summary["eval_accuracy"] = evaluate(state, 0)[0]
-        writer.write(step, {"eval_accuracy": summary["eval_accuracy"]})
-    if jax.process_index() == 0:
-      print(" | ".join(f"{k} {v:.4g}" for k, v in summary.items()), flush=True)
+      state = fresh_state()
+      ema = _copy(state)
+    start_step, state, ema, data_key = checkpoints.restore(state, ema, data_key, clock)
+    writer = metrics_lib.MetricWriter(
+      workdir,
+      tensorboard=config.tensorboard,
+      resume_step=start_step,
+      enabled=jax.process_index() == 0,
+    )
+    lr0, _ = per_step_hyperparameters(config)
+    lr_steps, lr_factors = _lr_knots(total_steps, config)
+    stop_at = total_steps
+    if config.stop_after_steps:
+      stop_at = min(total_steps, start_step + config.stop_after_steps)
+    in_flight = []  # (step, metrics) of the steps not yet recorded
+    rows = []  # the recorded metrics of this epoch's steps
 
-  if step < total_steps:  # stopped early: checkpoint and leave
+    def record():
+      """Writes the oldest step in flight's row, once its metrics are on the
+      host (waiting for that step to finish)."""
+      done, metrics = in_flight.pop(0)
+      rows.append(_train_metrics(metrics))
+      # The learning rate on the host: computed on a device, it would wait
+      # for the step queued after this one.
+      lr = lr0 * float(np.interp(done - 1, lr_steps, lr_factors))
+      writer.write(done, {**rows[-1], "lr": lr})
+
+    # ---- Training: epoch by epoch.
+    step = start_step
+    while step < stop_at:
+      epoch = step // steps_per_epoch
+      epoch_end = min((epoch + 1) * steps_per_epoch, stop_at)
+      trained_before = clock.totals.get("train", 0.0)
+      rows.clear()
+      with clock("train"):
+        plan = plan_fn(data_key, epoch)
+        for step in range(step, epoch_end):  # noqa: B020 (step carries on)
+          state, metrics = step_fn(state, step, plan)
+          in_flight.append((step + 1, metrics))
+          if len(in_flight) > 1:
+            # Recording the previous step waits for it: the host stays at
+            # most one step ahead of the devices. With dozens of steps in
+            # flight, an all-reduce of the step deadlocked on two CPU
+            # devices (XLA:CPU, jax 0.10.2).
+            record()
+          done = step + 1
+          if config.ema_every and (done % config.ema_every == 0 or done == total_steps):
+            ema, state = ema_fn(ema, state, ema_decay(config, done, total_steps))
+          every = config.checkpoint_every_steps
+          if every and done % every == 0:
+            while in_flight:  # every row up to the checkpoint is on disk first
+              record()
+            jax.block_until_ready(state)
+            checkpoints.save(done, state, ema, data_key, clock)
+        while in_flight:
+          record()
+        jax.block_until_ready(state)
+      step = epoch_end
+      summary = {
+        "epoch": epoch + 1,
+        "step": step,
+        **{k: np.mean([row[k] for row in rows]) for k in rows[0]},
+        "seconds": clock.totals["train"] - trained_before,
+      }
+      if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
+        if step < total_steps:  # the final evaluation comes below
+          with clock("eval"):
+            summary["eval_accuracy"] = evaluate(state, 0)[0]
+          writer.write(step, {"eval_accuracy": summary["eval_accuracy"]})
+      if jax.process_index() == 0:
+        print(" | ".join(f"{k} {v:.4g}" for k, v in summary.items()), flush=True)
+
+    if step == total_steps:
+      # ---- The final evaluation with test-time augmentation: part of the
+      # timed run, as in airbench.
+      with clock("train"):
+        accuracy, accuracy_tta = evaluate(state, config.tta_level)
+      writer.write(step, {"eval_accuracy": accuracy, "eval_accuracy_tta": accuracy_tta})
     checkpoints.save(step, state, ema, data_key, clock)
-    checkpoints.close()
-    writer.close()
+  except BaseException:
+    # The error in flight is the one to report: closing after it is best
+    # effort (after a failed save, closing the manager fails too).
+    for opened in (writer, checkpoints):
+      if opened is not None:
+        with contextlib.suppress(Exception):
+          opened.close()
+    raise
+  writer.close()
+  checkpoints.close()
+  if step < total_steps:  # stopped early, checkpointed
     return {"stopped_at_step": step}
 
-  # ---- The final evaluation with test-time augmentation: part of the timed
-  # run, as in airbench.
-  with clock("train"):
-    accuracy, accuracy_tta = evaluate(state, config.tta_level)
   split = "validation" if config.validation_images else "test"
-  writer.write(step, {"eval_accuracy": accuracy, "eval_accuracy_tta": accuracy_tta})
-  writer.close()
-  checkpoints.save(step, state, ema, data_key, clock)
-  checkpoints.close()
   host = parallel.to_host({"params": state.params, "model_state": state.model_state})
   results = {
     f"{split}_accuracy": accuracy,
@@ -479,7 +743,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _load_data(config) -> dict:
   """CIFAR-10 (process 0 downloads it if needed, the others wait), the
-  validation split and the subsets of `config`."""
+  validation split and the subsets of `config`; ConfigError if
+  `validation_images` leaves no image to train on."""
   if jax.process_index() == 0 and not input_pipeline.has_cifar10(config.data_dir):
     if config.download:
       input_pipeline.download(config.data_dir)
@@ -488,12 +753,41 @@ def _load_data(config) -> dict:
 
     multihost_utils.sync_global_devices("cifar10 on disk")
   data = input_pipeline.load_cifar10(config.data_dir, download=False)
+  available = len(data["train_labels"])
+  if config.validation_images >= available:
+    raise ConfigError(
+      [
+        f"validation_images: {config.validation_images} leaves none of the "
+        f"{available} training images to train on; set "
+        f"--config.validation_images below {available} (0: evaluate on the "
+        "test set)"
+      ]
+    )
   data = input_pipeline.split_validation(data, config.validation_images)
   for split, count in (("train", config.train_subset), ("eval", config.eval_subset)):
     if count:
       data[f"{split}_images"] = data[f"{split}_images"][:count]
       data[f"{split}_labels"] = data[f"{split}_labels"][:count]
   return data
+
+
+def _check_writable(workdir: str) -> None:
+  """Raises WorkdirError unless files can be created in `workdir` and its
+  checkpoints/ (before anything is computed: Orbax reports a folder it
+  cannot write only from its background threads, at the first save)."""
+  for folder in (workdir, os.path.join(workdir, "checkpoints")):
+    folder = os.path.abspath(folder)
+    probe = os.path.join(folder, f".writable-{jax.process_index()}-{os.getpid()}")
+    try:
+      os.makedirs(folder, exist_ok=True)
+      with open(probe, "w", encoding="utf-8"):
+        pass
+      os.remove(probe)
+    except OSError as error:
+      raise WorkdirError(
+        f"{folder}: cannot write there ({error.strerror or error}); make it "
+        "writable, or give another --workdir"
+      ) from error
 
 
 def _devices(config) -> list:
@@ -585,37 +879,57 @@ class _Clock:
 
 
 class _Checkpoints:
-  """Orbax checkpoints of everything a resumed run needs: the sharded train
-  state, the weight average, the data key, the step and the training time."""
+  """Orbax checkpoints of everything a resumed run needs (the sharded train
+  state, the weight average, the data key, the step and the training time)
+  and of the configuration that wrote them.
+
+  `restore` takes the newest checkpoint that reads back whole. Each one it
+  skips (an empty folder, a missing or damaged file) gets a line saying
+  why, and its step folder moves to `<workdir>/checkpoints_damaged/`: kept
+  for a look, out of Orbax's way (Orbax would take it as the latest step
+  and skip every later save up to it). A checkpoint of a network of other
+  `widths` is a configuration error, not damage.
+  """
 
   def __init__(self, workdir, config, dp, params, model_state):
+    self._directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._damaged = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
+    self._config = config
     self._manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      self._directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep),
     )
     self._target_state = dp.abstract_state(params, model_state)
 
   def save(self, step, state, ema, data_key, clock):
+    """Saves and waits for the write (none if `step` is saved already)."""
     with clock("checkpoint"):
-      self._manager.save(
-        step,
-        args=ocp.args.StandardSave(
-          {
-            "state": state,
-            "ema": ema,
-            "data_key": np.asarray(jax.random.key_data(data_key)),
-            "step": np.asarray(step, np.int64),
-            "train_seconds": np.asarray(clock.totals.get("train", 0.0)),
-          }
-        ),
-      )
-      self._manager.wait_until_finished()
+      train = {
+        "state": state,
+        "ema": ema,
+        "data_key": np.asarray(jax.random.key_data(data_key)),
+        "step": np.asarray(step, np.int64),
+        "train_seconds": np.asarray(clock.totals.get("train", 0.0)),
+      }
+      try:
+        self._manager.save(
+          step,
+          args=ocp.args.Composite(
+            train=ocp.args.StandardSave(train),
+            config=ocp.args.JsonSave(self._config.to_dict()),
+          ),
+        )
+        self._manager.wait_until_finished()
+      except Exception as error:
+        raise WorkdirError(
+          f"{self._directory}: cannot write the checkpoint of step {step} "
+          f"({_reason(error)}); check that the folder is writable and has free "
+          "space, or give another --workdir"
+        ) from error
 
   def restore(self, state, ema, data_key, clock):
-    """(step, state, ema, data_key): from the latest checkpoint, or as given."""
-    latest = self._manager.latest_step()
-    if latest is None:
-      return 0, state, ema, data_key
+    """(step, state, ema, data_key): from the newest intact checkpoint, or as
+    given (step 0) when there is none."""
     target = {
       "state": self._target_state,
       "ema": jax.tree.map(ocp.utils.to_shape_dtype_struct, ema),
@@ -623,9 +937,24 @@ class _Checkpoints:
       "step": np.zeros([], np.int64),
       "train_seconds": np.zeros([]),
     }
-    restored = self._manager.restore(latest, args=ocp.args.StandardRestore(target))
+    skipped, restored = [], None
+    with _quiet_read_failures():
+      for step in sorted(self._manager.all_steps(), reverse=True):
+        restored, reason = self._read(step, target)
+        if restored is not None:
+          break
+        skipped.append((step, reason))
+    self._set_aside(skipped)
+    if restored is None:
+      if skipped and jax.process_index() == 0:
+        print(
+          f"No intact checkpoint in {self._directory}: training starts at step 0.",
+          file=sys.stderr,
+          flush=True,
+        )
+      return 0, state, ema, data_key
     clock.totals["train"] = float(restored["train_seconds"])
-    print(f"Resumed from {self._manager.directory} at step {latest}.")
+    print(f"Resumed from {self._directory} at step {step}.", flush=True)
     return (
       int(restored["step"]),
       parallel.TrainState(*restored["state"]),
@@ -633,8 +962,152 @@ class _Checkpoints:
       jax.random.wrap_key_data(np.asarray(restored["data_key"])),
     )
 
+  def _read(self, step, target):
+    """(the restored tree, None), or (None, why step cannot be restored)."""
+    folder = os.path.join(self._directory, str(step))
+    reason = None
+    if os.path.isdir(folder) and not os.listdir(folder):
+      reason = "its folder is empty"
+    else:
+      try:
+        args = ocp.args.Composite(config=ocp.args.JsonRestore())
+        saved = self._manager.restore(step, args=args)["config"]
+      except Exception as error:
+        reason = f"its configuration cannot be read: {_reason(error)}"
+    if not _on_every_process(reason is None):
+      return None, reason or "unreadable on another process"
+    _check_resumable(saved, self._config, self._directory)
+    try:
+      args = ocp.args.Composite(train=ocp.args.StandardRestore(target))
+      restored = self._manager.restore(step, args=args)["train"]
+    except Exception as error:
+      # Orbax's message for a missing metadata file is about pytrees.
+      missing = [
+        name
+        for name in ("_CHECKPOINT_METADATA", os.path.join("train", "_METADATA"))
+        if not os.path.exists(os.path.join(folder, name))
+      ]
+      restored = None
+      reason = f"{' and '.join(missing)} missing" if missing else _reason(error)
+    if not _on_every_process(restored is not None):
+      return None, reason or "unreadable on another process"
+    return restored, None
+
+  def _set_aside(self, skipped):
+    """Moves the skipped step folders to checkpoints_damaged/, each with a
+    line saying which step and why."""
+    if not skipped:
+      return
+    _sync_processes("checkpoints read")
+    if jax.process_index() == 0:
+      for step, reason in skipped:
+        folder = os.path.join(self._directory, str(step))
+        target, n = os.path.join(self._damaged, str(step)), 1
+        while os.path.exists(target):
+          target, n = os.path.join(self._damaged, f"{step}.{n}"), n + 1
+        try:
+          os.makedirs(self._damaged, exist_ok=True)
+          shutil.move(folder, target)
+        except OSError as error:
+          raise WorkdirError(
+            f"{folder}: a damaged checkpoint ({reason}) that cannot be moved "
+            f"aside ({error.strerror or error}); delete it"
+          ) from error
+        print(
+          f"Skipped the checkpoint of step {step} ({reason}); moved it to {target}.",
+          file=sys.stderr,
+          flush=True,
+        )
+    _sync_processes("checkpoints set aside")
+    self._manager.reload()
+
   def close(self):
     self._manager.close()
+
+
+def _check_resumable(saved: dict, config, directory: str) -> None:
+  """Raises ConfigError if the network of `config` differs from the one of
+  a checkpoint written with the configuration `saved`."""
+  if list(saved.get("widths", config.widths)) != list(config.widths):
+    widths = ",".join(str(w) for w in saved["widths"])
+    raise ConfigError(
+      [
+        f"widths: the checkpoints in {directory} are of widths ({widths}), this "
+        f"configuration has ({','.join(str(w) for w in config.widths)}); set "
+        f"--config.widths='({widths})' to resume them, or give another --workdir "
+        "to start afresh"
+      ]
+    )
+
+
+def _check_checkpoints(workdir: str, config) -> None:
+  """Raises ConfigError if the newest checkpoint whose configuration reads
+  back is of another network than `config`'s (before any data is read;
+  `_Checkpoints.restore` deals with the damaged ones)."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  manager = ocp.CheckpointManager(directory)
+  try:
+    with _quiet_read_failures():
+      for step in sorted(manager.all_steps(), reverse=True):
+        try:
+          args = ocp.args.Composite(config=ocp.args.JsonRestore())
+          saved = manager.restore(step, args=args)["config"]
+        except Exception:  # noqa: BLE001 (damaged: restore says which and why)
+          continue
+        _check_resumable(saved, config, directory)
+        return
+  finally:
+    manager.close()
+
+
+def _reason(error: BaseException) -> str:
+  """An exception as one short line: the type and the first line of the
+  message of the exception it was raised from (Orbax wraps TensorStore's,
+  which names the file), without TensorStore's spec."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = error.args[0] if isinstance(error, KeyError) and error.args else error
+  lines = str(text).strip().splitlines()
+  text = lines[0].split(" [tensorstore_spec=")[0] if lines else ""
+  text = text.split(" See full TensorStore details")[0]
+  if len(text) > 300:
+    text = text[:297] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_read_failures():
+  """Silences what a failed Orbax read leaves behind: asyncio's "Task
+  exception was never retrieved" and the TensorStore callbacks that find
+  Orbax's event loop closed (unraisable exceptions), which would bury the
+  line saying which checkpoint was skipped and why."""
+  asyncio_logger = logging.getLogger("asyncio")
+  level, hook = asyncio_logger.level, sys.unraisablehook
+  asyncio_logger.setLevel(logging.CRITICAL)
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()  # the abandoned tasks report when collected: here
+    sys.unraisablehook = hook
+    asyncio_logger.setLevel(level)
+
+
+def _on_every_process(ok: bool) -> bool:
+  """Whether `ok` holds on every process (all of them must restore the same
+  checkpoint)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def _environment(devices) -> dict:

@@ -37,13 +37,6 @@ SMOKE_MIN_ACCURACY = 0.6
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("cifar10"))
-  input_pipeline.write_synthetic(out)
-  return out
-
-
-@pytest.fixture(scope="session")
 def cifar(data_dir):
   return input_pipeline.load_cifar10(data_dir, download=False)
 
