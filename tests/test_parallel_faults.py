@@ -109,3 +109,32 @@ def test_has_aux_that_does_not_match_the_loss_is_named(builder):
     state = dp.init(toy.init_params())
     with pytest.raises(ValueError, match=match):
       dp.step(state, dp.shard_batch((x[0], y[0])))
+
+
+def test_a_collective_over_another_axis_name_names_the_step_axis():
+  import numpy as np
+
+  x, y = toy.data(np.float32)
+  wrong = lambda p, b: jax.lax.pmean(toy.loss_fn(p, b), "batch")
+  dp = parallel.jit_data_parallel(wrong, toy.inner())  # maps over "data"
+  state = dp.init(toy.init_params())
+  with pytest.raises(ValueError, match="maps the devices over the axis 'data'"):
+    dp.step(state, dp.shard_batch((x[0], y[0])))
+  right = lambda p, b: jax.lax.pmean(toy.loss_fn(p, b), "data")
+  dp = parallel.jit_data_parallel(right, toy.inner())
+  state, metrics = dp.step(dp.init(toy.init_params()), dp.shard_batch((x[0], y[0])))
+  assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+
+
+def test_a_pmap_state_given_to_the_jit_step_is_named():
+  import numpy as np
+
+  x, y = toy.data(np.float32)
+  pmapped = parallel.pmap_data_parallel(toy.loss_fn, toy.inner())
+  state = pmapped.init(toy.init_params())
+  dp = parallel.jit_data_parallel(toy.loss_fn, toy.inner())
+  with pytest.raises(ValueError, match=r"\['b1'\].*split across devices"):
+    dp.step(state, dp.shard_batch((x[0], y[0])))
+  moved = dp.from_host(pmapped.to_host(state))  # the documented way across
+  new, _ = dp.step(moved, dp.shard_batch((x[0], y[0])))
+  assert new.params["w1"].shape == toy.init_params()["w1"].shape

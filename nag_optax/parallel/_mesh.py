@@ -263,6 +263,7 @@ class _CompiledPerStructure:
     self, state: _step.TrainState, batch: Any, **kwargs: Hashable
   ) -> tuple[_step.TrainState, Any]:
     _step.check_not_donated(state)
+    _step.check_replicated_params(state)
     return self._jitted(state, kwargs)(state, batch)
 
   def lower(

@@ -160,6 +160,25 @@ def check_not_donated(state: TrainState) -> None:
       )
 
 
+def check_replicated_params(state: TrainState) -> None:
+  """Raises a ValueError if a parameter is split across devices: on a mesh
+  the step keeps the parameters whole on every device, and a state with a
+  leading device axis (``pmap_data_parallel``'s) would be read as parameters
+  of another shape."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+    if (
+      isinstance(leaf, jax.Array)
+      and len(leaf.sharding.device_set) > 1
+      and not leaf.is_fully_replicated
+    ):
+      raise ValueError(
+        f"The parameter at {jax.tree_util.keystr(path)} (shape {leaf.shape}) "
+        "is split across devices, but this step keeps parameters replicated: "
+        "was the state made by another builder (pmap_data_parallel's has a "
+        "leading device axis)? Move it with dp.from_host(other.to_host(state))."
+      )
+
+
 def check_micro_batches(micro_batches: object) -> int:
   if (
     isinstance(micro_batches, bool)
@@ -234,19 +253,35 @@ def state_kinds(
 
 
 def _loss_with_state(
-  loss_fn: LossFn, has_aux: bool, with_state: bool, static: dict[str, Hashable]
+  loss_fn: LossFn,
+  has_aux: bool,
+  with_state: bool,
+  static: dict[str, Hashable],
+  axis_name: str | None,
 ) -> Callable[..., tuple[jax.Array, tuple[optax.Params | None, Any]]]:
   """``fn(params, batch, model_state) -> (loss, (new_model_state, aux))``,
   with the step's static keyword arguments passed on to ``loss_fn``."""
 
+  def call(*args):
+    try:
+      return loss_fn(*args, **static)
+    except NameError as error:
+      if "unbound axis name" not in str(error) or axis_name is None:
+        raise
+      raise ValueError(
+        f"loss_fn uses a collective over an axis this step does not map: "
+        f"{error} The step maps the devices over the axis {axis_name!r}: use "
+        f"that name in loss_fn (e.g. BatchNorm(axis_name={axis_name!r}))."
+      ) from error
+
   def fn(params, batch, model_state):
     if not with_state:
-      out = loss_fn(params, batch, **static)
+      out = call(params, batch)
       if has_aux != isinstance(out, tuple):
         raise ValueError(_aux_mismatch(out, has_aux))
       loss, aux = out if has_aux else (out, None)
       return loss, (None, aux)
-    out = loss_fn(params, batch, model_state, **static)
+    out = call(params, batch, model_state)
     if not (isinstance(out, tuple) and len(out) == 2):
       raise ValueError(
         "With model_state, loss_fn(params, batch, model_state) must return "
@@ -310,6 +345,7 @@ def local_gradients(
   has_aux: bool,
   micro_batches: int,
   static: dict[str, Hashable] | None = None,
+  axis_name: str | None = None,
 ) -> tuple[optax.Updates, jax.Array, Any, optax.Params | None]:
   r"""One device's gradient, averaged over ``micro_batches`` slices of ``batch``.
 
@@ -341,7 +377,8 @@ def local_gradients(
   vary = lambda tree: jax.tree.map(lambda x: _vma.vary(x, batch_axes), tree)
   params, model_state = vary(params), vary(model_state)
   value_and_grad = jax.value_and_grad(
-    _loss_with_state(loss_fn, has_aux, with_state, static or {}), has_aux=True
+    _loss_with_state(loss_fn, has_aux, with_state, static or {}, axis_name),
+    has_aux=True,
   )
   if micro_batches == 1:
     (loss, (model_state, aux)), grads = value_and_grad(params, batch, model_state)
@@ -490,6 +527,7 @@ def make_train_step(
         has_aux=has_aux,
         micro_batches=micro_batches,
         static=static,
+        axis_name=axis_name,
       )
 
     if accumulator is None:
