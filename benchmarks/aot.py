@@ -130,17 +130,8 @@ def example_cases(target, preset, quick):
   if quick:
     config.widths = (16, 32, 32)
   mesh = parallel.data_mesh(target.devices)
-  steps_per_epoch = 50_000 // config.batch_size
-  total_steps = math.ceil(steps_per_epoch * config.num_epochs)
-  dp, graphdef, params, model_state = train.create_train_step(
-    config, mesh, total_steps, steps_per_epoch
-  )
-  state = dp.abstract_state(params, model_state)
+  dp, graphdef, state, (images, labels) = train.abstract_train_step(config, mesh)
   sharded = parallel.batch_sharding(mesh)
-  images = jax.ShapeDtypeStruct(
-    (config.batch_size, 32, 32, 3), jnp.float32, sharding=sharded
-  )
-  labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded)
   options = {
     "preset": preset,
     "batch_size": config.batch_size,

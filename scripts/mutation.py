@@ -14,7 +14,7 @@ change any result); the report says which test killed each mutant.
 Usage (a developer command, not a CI leg; about ten minutes on two cores)::
 
   .venv/bin/python scripts/mutation.py                 # this checkout
-  .venv/bin/python scripts/mutation.py --repo /tmp/old # another checkout
+  .venv/bin/python scripts/mutation.py --repo ../nag_optax-old  # another checkout
   .venv/bin/python scripts/mutation.py --only nadam-no-bias-correction2
   .venv/bin/python scripts/mutation.py --list          # the mutants
 

@@ -206,22 +206,12 @@ def test_the_example_fits_the_device_with_its_batch_size(name, preset):
   finally:
     sys.path.pop(0)
   mesh = parallel.data_mesh(target.devices)
-  steps_per_epoch = 50_000 // config.batch_size
-  total_steps = math.ceil(steps_per_epoch * config.num_epochs)
-  dp, graphdef, params, model_state = train.create_train_step(
-    config, mesh, total_steps, steps_per_epoch
-  )
-  state = dp.abstract_state(params, model_state)
-  sharded = parallel.batch_sharding(mesh)
-  batch = (
-    jax.ShapeDtypeStruct((config.batch_size, 32, 32, 3), jnp.float32, sharding=sharded),
-    jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded),
-  )
+  dp, _, state, batch = train.abstract_train_step(config, mesh)
   compiled = dp.step.lower(state, batch, whiten_bias_trainable=True).compile()
   summary = parallel.compiled_summary(compiled, target)
   assert summary["fits"], summary["memory"]
   reductions = _gradient_reductions(summary)
-  param_bytes = 4 * sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+  param_bytes = 4 * sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
   assert {c["dtype"] for c in reductions} == {"f32"}
   assert not any(c["in_loop"] for c in reductions)
   assert param_bytes <= sum(c["input_bytes"] for c in reductions) <= 1.1 * param_bytes

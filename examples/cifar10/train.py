@@ -474,6 +474,28 @@ def create_train_step(
   return dp, graphdef, nnx.as_pure(params), nnx.as_pure(model_state)
 
 
+def abstract_train_step(config, mesh: jax.sharding.Mesh, num_train: int = 50_000):
+  """`create_train_step` for `num_train` training images, with the shapes of
+  its state and of one batch: what compiling ahead of time for other devices
+  needs (`dp.step.lower(state, batch, whiten_bias_trainable=...)`).
+
+  Returns:
+    `(dp, graphdef, state, batch)`: `state` and `batch` of
+    `jax.ShapeDtypeStruct` with the shardings `dp` uses.
+  """
+  steps_per_epoch = num_train // config.batch_size
+  total_steps = math.ceil(steps_per_epoch * config.num_epochs)
+  dp, graphdef, params, model_state = create_train_step(
+    config, mesh, total_steps, steps_per_epoch
+  )
+  sharded = parallel.batch_sharding(mesh)
+  batch = (
+    jax.ShapeDtypeStruct((config.batch_size, 32, 32, 3), jnp.float32, sharding=sharded),
+    jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded),
+  )
+  return dp, graphdef, dp.abstract_state(params, model_state), batch
+
+
 def create_eval_step(
   config, mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef, tta_level: int
 ) -> jax.stages.Wrapped:
