@@ -19,6 +19,7 @@ from tests.harness import TIGHT
 from tests.harness import grad_np
 from tests.harness import max_dev
 from tests.harness import trajectory
+from tests.torch_import import import_torch
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -48,9 +49,10 @@ def test_nadam_with_infinite_momentum_decay_is_optax_nadam():
   assert max_dev(default, theirs) > 1e-3
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_nadam_matches_torch_itself(decoupled):
-  torch = pytest.importorskip("torch")
+  torch = import_torch()
   # NAdam keeps mu_product and step as default-dtype tensors: use float64.
   default_dtype = torch.get_default_dtype()
   torch.set_default_dtype(torch.float64)

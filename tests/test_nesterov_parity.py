@@ -4,7 +4,6 @@ Run in float64 (the x64 fixture) against the NumPy transcriptions in
 numpy_reference.py, so agreement is to rounding (about 1e-15), not to float32.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ from tests.harness import grad_jnp
 from tests.harness import grad_np
 from tests.harness import max_dev
 from tests.harness import trajectory
+from tests.torch_import import import_torch
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -210,14 +210,10 @@ def test_scale_by_nesterov_matches_optax_trace():
   np.testing.assert_array_equal(ours, theirs)
 
 
-@functools.cache
-def _torch():
-  return pytest.importorskip("torch")
-
-
+@pytest.mark.torch
 @pytest.mark.parametrize("momentum,weight_decay", [(0.9, 0.0), (0.8, 0.03)])
 def test_pytorch_form_matches_torch_itself(momentum, weight_decay):
-  torch = _torch()
+  torch = import_torch()
   hessian = torch.tensor(harness.HESSIAN, dtype=torch.float64)
   p = torch.tensor(P0, dtype=torch.float64, requires_grad=True)
   opt = torch.optim.SGD(
