@@ -46,6 +46,15 @@ class AccumulateGradientsState(NamedTuple):
       each device's own micro-gradients, never averaged in place.
     skip_state: what ``should_skip_update_fn`` returned at the last call
       (``()`` without one); device-local like ``acc_grads``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import nag_optax
+    >>> tx = nag_optax.accumulate_gradients(optax.sgd(0.1), 2)
+    >>> state = tx.init({"w": jnp.zeros(2)})
+    >>> state.mini_step, state.gradient_step, state.emitted
+    (Array(0, dtype=int32), Array(0, dtype=int32), Array(False, dtype=bool))
   """
 
   mini_step: jax.Array
@@ -396,6 +405,21 @@ class AccumulateGradients(optax.GradientTransformationExtraArgs):
   Attributes:
     inner: the inner optimizer (an ``optax.GradientTransformationExtraArgs``).
     axis_name: the mapped axis ``update`` averages across, or None.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import nag_optax
+    >>> tx = nag_optax.accumulate_gradients(optax.sgd(0.1), 2)
+    >>> isinstance(tx, nag_optax.AccumulateGradients)
+    True
+    >>> params = {"w": jnp.ones(2)}
+    >>> state = tx.init(params)
+    >>> for _ in range(2):
+    ...   updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+    ...   print(updates["w"], nag_optax.accumulation_emitted(state))
+    [0. 0.] False
+    [-0.1 -0.1] True
   """
 
   __slots__ = ()

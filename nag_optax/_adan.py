@@ -30,6 +30,15 @@ class ScaleByAdanState(NamedTuple):
     prev_grad: the previous (clipped) gradient.
     restarts: adaptive restarts so far (int32).
     prev_value: the loss at the previous step, for ``restart="function"``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import nag_optax
+    >>> state = nag_optax.scale_by_adan().init({"w": jnp.zeros(2)})
+    >>> state._fields
+    ('count', 'momentum_count', 'm', 'v', 'n', 'prev_grad', 'restarts', 'prev_value')
+    >>> state.m
+    {'w': Array([0., 0.], dtype=float32)}
   """
 
   # mypy flags a field named count (it shadows tuple.count), but the name is

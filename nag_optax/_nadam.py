@@ -22,6 +22,13 @@ class ScaleByNadamState(NamedTuple):
     mu_product: :math:`\\prod_{i \\le t} \\mu_i` (float32 or wider).
     mu: first moment :math:`m_t`.
     nu: second moment :math:`v_t` (real for complex parameters).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import nag_optax
+    >>> state = nag_optax.scale_by_nadam().init({"w": jnp.zeros(2)})
+    >>> type(state).__name__, state._fields
+    ('ScaleByNadamState', ('count', 'mu_product', 'mu', 'nu'))
   """
 
   # mypy flags a field named count (it shadows tuple.count), but the name is

@@ -49,6 +49,17 @@ class ScaleByNesterovState(NamedTuple):
     prev_value: the loss passed at the previous update (+inf before the
       first), for ``restart="function"``.
     rng_key: raw uint32 PRNG key for stochastic rounding.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import nag_optax
+    >>> state = nag_optax.nesterov(0.1, momentum=0.9).init({"w": jnp.zeros(3)})
+    >>> isinstance(state, nag_optax.NesterovState)
+    True
+    >>> state.count, state.momentum_count
+    (Array(0, dtype=int32), Array(0, dtype=int32))
+    >>> state.trace
+    {'w': Array([0., 0., 0.], dtype=float32)}
   """
 
   # mypy flags a field named count (it shadows tuple.count), but the name is

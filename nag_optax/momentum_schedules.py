@@ -31,6 +31,18 @@ def accelerated() -> optax.Schedule:
   on smooth convex problems; pair with adaptive restart on strongly convex
   ones.
 
+  Returns:
+    A schedule ``count -> momentum`` for the ``momentum`` argument of
+    :func:`nag_optax.nesterov` and :func:`nag_optax.scale_by_nesterov`.
+
+  Example:
+    >>> import nag_optax
+    >>> from nag_optax import momentum_schedules
+    >>> schedule = momentum_schedules.accelerated()
+    >>> [round(float(schedule(k)), 4) for k in range(5)]
+    [0.0, 0.0, 0.25, 0.4, 0.5]
+    >>> tx = nag_optax.nesterov(0.1, momentum=schedule)
+
   References:
     Nesterov, A method of solving a convex programming problem with
     convergence rate O(1/k^2), 1983.
@@ -57,6 +69,15 @@ def fista(num_steps: int = 100_000) -> optax.Schedule:
 
   Args:
     num_steps: how many :math:`t_k` to tabulate.
+
+  Returns:
+    A schedule ``count -> momentum``.
+
+  Example:
+    >>> from nag_optax import momentum_schedules
+    >>> schedule = momentum_schedules.fista()
+    >>> [round(float(schedule(k)), 4) for k in range(5)]
+    [0.0, 0.0, 0.2818, 0.434, 0.5311]
 
   References:
     Beck and Teboulle, A Fast Iterative Shrinkage-Thresholding Algorithm for
@@ -98,6 +119,15 @@ def strongly_convex(condition_number: jax.typing.ArrayLike) -> optax.Schedule:
   Args:
     condition_number: :math:`\kappa \ge 1`.
 
+  Returns:
+    A constant schedule ``count -> momentum``.
+
+  Example:
+    >>> from nag_optax import momentum_schedules
+    >>> schedule = momentum_schedules.strongly_convex(100.0)  # (10 - 1) / (10 + 1)
+    >>> round(float(schedule(0)), 4), round(float(schedule(1000)), 4)
+    (0.8182, 0.8182)
+
   References:
     Nesterov, Introductory Lectures on Convex Optimization, 2004, sec. 2.2.
   """
@@ -131,6 +161,15 @@ def sutskever(
     total_steps: length of training, to enable the final drop.
     final_momentum: momentum for the final steps.
     final_steps: how many final steps use ``final_momentum``.
+
+  Returns:
+    A schedule ``count -> momentum``.
+
+  Example:
+    >>> from nag_optax import momentum_schedules
+    >>> schedule = momentum_schedules.sutskever(0.99, period=2)
+    >>> [round(float(schedule(k)), 4) for k in range(0, 10, 2)]
+    [0.5, 0.75, 0.8333, 0.875, 0.9]
 
   References:
     Sutskever et al., On the importance of initialization and momentum in deep
@@ -169,6 +208,15 @@ def dozat(
     b1: the asymptotic momentum :math:`b_1` in [0, 1).
     momentum_decay: :math:`\psi \ge 0`; ``inf`` gives the constant
       :math:`b_1` (optax's ``nadam``).
+
+  Returns:
+    A schedule ``count -> momentum``, the :math:`\\mu_{k+1}` of NAdam.
+
+  Example:
+    >>> from nag_optax import momentum_schedules
+    >>> schedule = momentum_schedules.dozat()
+    >>> [round(float(schedule(k)), 4) for k in (0, 1, 250, 1000)]
+    [0.4501, 0.4501, 0.4681, 0.5179]
 
   References:
     Dozat, Incorporating Nesterov Momentum into Adam, 2016,

@@ -7,31 +7,32 @@
    without a reference page stops the build with an error naming it.
 2. Every Python block runs: the pages may hold Python only in ``{code-cell}``
    directives, which myst-nb executes, never in a plain ``python`` code
-   fence, which would be shown without being run. (Docstring examples in the
-   API reference are run by the test suite, tests/ ``test_docstring_*``.)
+   fence, which would be shown without being run.
+3. Every API example runs and prints what it shows: each public name's
+   docstring (modules aside) holds at least one ``>>>`` example, and every
+   example is run with :mod:`doctest` during the build; an exception, or an
+   output other than the one written under the example, stops the build
+   with doctest's report. The examples run in the Sphinx process, on the
+   devices JAX finds there (one CPU device when nothing is configured).
+
+The examples run here rather than in ``sphinx.ext.doctest``'s separate
+``-b doctest`` builder so that the one html build CI and Read the Docs run
+checks them, the check cannot be left out of a build that publishes the
+pages, and a public name without an example is an error too.
 """
 
-import importlib
 import re
 
+from api_examples import public_names
+from api_examples import run_docstring_examples
 from sphinx.errors import ExtensionError
 
-MODULES = ("nag_optax", "nag_optax.parallel", "nag_optax.momentum_schedules")
 _UNEXECUTED = re.compile(
   r"^\s*(```+|~~~+|:::+)\s*(\{code-block\}|\{code\}|\{sourcecode\})?\s*"
   r"(python|py|python3|ipython|pycon)\s*$|^\s*\.\. (code-block|code|sourcecode)::"
   r"\s*(python|py|python3|ipython|pycon)\s*$",
   re.MULTILINE,
 )
-
-
-def public_names():
-  """Fully qualified names of everything the modules above export."""
-  names = []
-  for module_name in MODULES:
-    module = importlib.import_module(module_name)
-    names += [f"{module_name}.{name}" for name in module.__all__]
-  return names
 
 
 def _check_api_coverage(app, env):
@@ -58,7 +59,18 @@ def _check_no_unexecuted_python(app, docname, source):
     )
 
 
+def _check_docstring_examples(app, env):
+  del env
+  problems = run_docstring_examples()
+  if problems:
+    raise ExtensionError(
+      "docs_checks: API examples that fail or are missing:\n"
+      + "\n".join(f"--- {name}: {report}" for name, report in problems)
+    )
+
+
 def setup(app):
   app.connect("source-read", _check_no_unexecuted_python)
   app.connect("env-check-consistency", _check_api_coverage)
+  app.connect("env-check-consistency", _check_docstring_examples)
   return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -68,6 +68,12 @@ class AotTarget(NamedTuple):
     memory_bytes: memory of one device.
     peak_flops: one device's dense bfloat16 matrix FLOP/s.
     memory_bandwidth: one device's memory bandwidth in bytes/s.
+
+  Example:
+    >>> from nag_optax import parallel
+    >>> parallel.AotTarget._fields
+    ('name', 'platform', 'devices', 'chip', 'memory_bytes', 'peak_flops',
+     'memory_bandwidth')
   """
 
   name: str
@@ -94,6 +100,15 @@ def gpu_target_config(device_name: str) -> str:
     RuntimeError: when no CUDA plugin is installed (``pip install
       jax-cuda12-plugin jax-cuda12-pjrt`` of the installed jax version), or
       it carries no specification of that device.
+
+  Example:
+    >>> from nag_optax import parallel
+    >>> try:  # without the CUDA plugin, or for a device it does not describe
+    ...   text = parallel.gpu_target_config("NVIDIA H100 80GB HBM3")
+    ... except RuntimeError:
+    ...   text = None
+    >>> text is None or "gpu_device_info" in text
+    True
   """
   for package in ("jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12"):
     try:
@@ -149,6 +164,17 @@ def aot_target(name: str) -> AotTarget:
     ValueError: for a malformed name or an unknown chip.
     RuntimeError: when the vendor's compiler is not installed (``jax[tpu]``
       for TPUs, the CUDA plugin for GPUs).
+
+  Example:
+    >>> from nag_optax import parallel
+    >>> parallel.aot_target("gpu:k80:1")
+    Traceback (most recent call last):
+    ValueError: aot_target name 'gpu:k80:1': unknown gpu chip;
+      known: ['a100', 'b200', 'h100', 'h200']
+
+    With ``jax[tpu]`` installed, ``parallel.aot_target("tpu:v5e:4x4")`` gives
+    the 16 compile-only devices of that slice; :func:`compiled_summary` shows a
+    whole program compiled for them.
   """
   from jax.experimental import topologies
 
@@ -218,6 +244,19 @@ class Collective:
     group_size: devices per replica group (None where the text does not say).
     in_loop: inside a while loop's body (runs once per iteration).
     branch: the index of the conditional branch holding it, or None.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from nag_optax import parallel
+    >>> mesh = parallel.data_mesh(jax.devices()[:1])
+    >>> total = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, "data"), mesh=mesh,
+    ...                               in_specs=P("data"), out_specs=P()))
+    >>> compiled = total.lower(jnp.ones(4)).compile()
+    >>> (reduction,) = parallel.collectives(compiled.as_text())
+    >>> reduction.op, reduction.output_bytes
+    ('all-reduce', 16)
   """
 
   op: str
@@ -324,6 +363,19 @@ def collectives(hlo: str) -> list[Collective]:
     One :class:`Collective` per collective instruction reachable from the
     entry computation (an asynchronous pair counts once), marked when it
     sits in a while loop's body or a conditional's branch.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from nag_optax import parallel
+    >>> mesh = parallel.data_mesh(jax.devices()[:1])
+    >>> total = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, "data"), mesh=mesh,
+    ...                               in_specs=P("data"), out_specs=P()))
+    >>> compiled = total.lower(jnp.ones(4)).compile()
+    >>> parallel.collectives(compiled.as_text())
+    [Collective(op='all-reduce', dtype='f32', input_bytes=16, output_bytes=16,
+                group_size=1, in_loop=False, branch=None)]
   """
   comps, entry = _computations(hlo)
   if entry is None:
@@ -420,6 +472,19 @@ def compiled_summary(
     the larger of FLOPs / peak FLOP/s and bytes accessed / bandwidth (on a
     GPU, the argument and output bytes / bandwidth). A bound, not a
     measurement: a scan body counts once in the compiler's FLOPs.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from nag_optax import parallel
+    >>> mesh = parallel.data_mesh(jax.devices()[:1])
+    >>> total = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, "data"), mesh=mesh,
+    ...                               in_specs=P("data"), out_specs=P()))
+    >>> compiled = total.lower(jnp.ones(4)).compile()
+    >>> summary = parallel.compiled_summary(compiled)
+    >>> [c["op"] for c in summary["collectives"]], summary["traffic_bytes"] > 0
+    (['all-reduce'], True)
   """
   m = compiled.memory_analysis()
   memory = {

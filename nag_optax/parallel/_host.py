@@ -25,6 +25,19 @@ def to_host(tree: Any) -> Any:
 
   Replicated arrays are read from a local shard; sharded ones are gathered
   (across processes with ``process_allgather``: call it on every process).
+
+  Args:
+    tree: a pytree of ``jax.Array`` (sharded, replicated or on one device),
+      NumPy arrays or scalars.
+
+  Returns:
+    The same tree of ``numpy.ndarray``, each the whole (global) array.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from nag_optax import parallel
+    >>> parallel.to_host({"w": jnp.ones(2)})
+    {'w': array([1., 1.], dtype=float32)}
   """
   from jax.experimental import multihost_utils
 

@@ -29,6 +29,21 @@ def data_mesh(
 
   The axis type is ``Auto``: the compiler propagates shardings and inserts
   the collectives (``jax.make_mesh`` now defaults to ``Explicit``).
+
+  Args:
+    devices: the devices along the axis, in order (default: ``jax.devices()``,
+      those of every process).
+    axis_name: the name of the mesh's one axis.
+
+  Returns:
+    A ``jax.sharding.Mesh`` with one axis, ``axis_name``.
+
+  Example:
+    >>> import jax
+    >>> from nag_optax import parallel
+    >>> mesh = parallel.data_mesh(jax.devices()[:1])
+    >>> mesh.axis_names, mesh.size
+    (('data',), 1)
   """
   devices = jax.devices() if devices is None else list(devices)
   if not devices:
@@ -54,7 +69,22 @@ def _data_axis(mesh: jax.sharding.Mesh) -> str:
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over the mesh's data axis."""
+  """Leading (batch) dimension split over the mesh's data axis.
+
+  Args:
+    mesh: a one-axis mesh (:func:`data_mesh`).
+
+  Returns:
+    A ``NamedSharding`` that splits the leading dimension of an array over
+    the mesh's axis and replicates the others.
+
+  Example:
+    >>> import jax
+    >>> from nag_optax import parallel
+    >>> mesh = parallel.data_mesh(jax.devices()[:1])
+    >>> tuple(parallel.batch_sharding(mesh).spec)
+    ('data',)
+  """
   return NamedSharding(mesh, PartitionSpec(_data_axis(mesh)))
 
 
@@ -65,9 +95,27 @@ def global_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
   passes its own (same-sized) batch and the global batch is their
   concatenation in process order (``jax.make_array_from_process_local_data``).
 
+  Args:
+    batch: a pytree of this process's arrays (NumPy or JAX) sharing the
+      leading (batch) dimension.
+    mesh: a one-axis mesh (:func:`data_mesh`).
+
+  Returns:
+    The same tree of global ``jax.Array`` sharded with
+    :func:`batch_sharding`; the leading dimension is the sum over processes.
+
   Raises:
     ValueError: if a leading dimension is not divisible by the number of
       this process's devices in the mesh.
+
+  Example:
+    >>> import jax
+    >>> import numpy as np
+    >>> from nag_optax import parallel
+    >>> mesh = parallel.data_mesh(jax.devices()[:1])
+    >>> batch = parallel.global_batch({"x": np.ones((4, 3), np.float32)}, mesh)
+    >>> batch["x"].shape, tuple(batch["x"].sharding.spec)
+    ((4, 3), ('data',))
   """
   sharding = batch_sharding(mesh)
   local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
@@ -114,6 +162,17 @@ def zero1_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
   Returns:
     A matching tree of ``NamedSharding``.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nag_optax import parallel
+    >>> mesh = parallel.data_mesh(jax.devices()[:1])
+    >>> tree = {"m": jax.ShapeDtypeStruct((4, 3), jnp.float32),
+    ...         "count": jax.ShapeDtypeStruct((), jnp.int32)}
+    >>> shardings = parallel.zero1_shardings(tree, mesh)
+    >>> tuple(shardings["m"].spec), tuple(shardings["count"].spec)
+    (('data', None), ())
   """
   return jax.tree.map(
     lambda spec: NamedSharding(mesh, spec),
@@ -356,6 +415,23 @@ def jit_data_parallel(
       or a ``reduce_dtype`` that is not a floating-point dtype; at the first
       step, for a batch whose per-device slice ``micro_batches`` does not
       divide.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import nag_optax
+    >>> from nag_optax import parallel
+    >>> def loss_fn(params, batch):
+    ...   x, y = batch
+    ...   return jnp.mean((x @ params["w"] - y) ** 2)
+    >>> mesh = parallel.data_mesh(jax.devices()[:1])
+    >>> dp = parallel.jit_data_parallel(loss_fn, nag_optax.nesterov(0.1, 0.9), mesh)
+    >>> state = dp.init({"w": jnp.zeros((3, 1))})
+    >>> batch = (np.ones((4, 3), np.float32), np.ones((4, 1), np.float32))
+    >>> state, metrics = dp.step(state, dp.shard_batch(batch))
+    >>> dp.to_host(state.params)["w"].ravel()
+    array([0.38, 0.38, 0.38], dtype=float32)
   """
   mesh = data_mesh() if mesh is None else mesh
   axis = _data_axis(mesh)

@@ -40,7 +40,19 @@ _FORCE_DEVICES = re.compile(r"--xla_force_host_platform_device_count=\S*")
 
 
 def free_port() -> int:
-  """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+  """A TCP port free on 127.0.0.1 right now (the OS picks it).
+
+  Returns:
+    A port number, free when the call returns (another program may take
+    it before it is used).
+
+  Example:
+    >>> import socket
+    >>> from nag_optax import parallel
+    >>> port = parallel.free_port()
+    >>> with socket.socket() as s:
+    ...   s.bind(("127.0.0.1", port))
+  """
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind((LOOPBACK, 0))
     return s.getsockname()[1]
@@ -72,6 +84,11 @@ def initialize(
 
   Returns:
     True if this process joined a multi-process run.
+
+  Example:
+    >>> from nag_optax import parallel
+    >>> parallel.initialize()  # not started by launch_local: a single process
+    False
   """
   env = os.environ
   if ENV_COORDINATOR not in env:
@@ -117,6 +134,14 @@ class ProcessResult:
     stopped: True when the launcher ended it: it was still running when
       another process failed, the time limit passed or the launcher got a
       signal (``returncode`` then says how it ended).
+
+  Example:
+    >>> import sys
+    >>> from nag_optax import parallel
+    >>> (result,) = parallel.launch_local(
+    ...     [sys.executable, "-c", "raise SystemExit(3)"], num_processes=1, check=False)
+    >>> result
+    ProcessResult(process_id=0, returncode=3, output='', stopped=False)
   """
 
   process_id: int
@@ -397,6 +422,14 @@ def launch_local(
   Raises:
     ValueError: naming the argument, for a non-positive count or time, an
       empty command or a program that cannot be found; nothing is started.
+
+  Example:
+    >>> import sys
+    >>> from nag_optax import parallel
+    >>> results = parallel.launch_local(
+    ...     [sys.executable, "-c", "print('hello')"], num_processes=2)
+    >>> [(r.process_id, r.returncode, r.output) for r in results]
+    [(0, 0, 'hello\\n'), (1, 0, 'hello\\n')]
   """
   base = os.environ if env is None else env
   _validate(command, num_processes, local_devices, timeout_s, grace_s, base)

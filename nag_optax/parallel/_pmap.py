@@ -66,6 +66,14 @@ def replicate(tree: Any, *, axis_name: str = "batch") -> Any:
 
   Returns:
     The tree with a leading axis of ``jax.local_device_count()``.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nag_optax import parallel
+    >>> tree = parallel.replicate({"w": jnp.zeros(3)})
+    >>> tree["w"].shape == (jax.local_device_count(), 3)
+    True
   """
   return _place_stacked(_stack(tree, jax.local_device_count()), axis_name, None)
 
@@ -75,6 +83,20 @@ def unreplicate(tree: _Tree) -> _Tree:
 
   Reads ``addressable_shards[0]`` (indexing ``x[0]`` would gather the whole
   array across devices, and fails across processes).
+
+  Args:
+    tree: a pytree of arrays with a leading device axis, as
+      :func:`replicate` or a ``jax.pmap`` step returns them.
+
+  Returns:
+    The tree without the device axis: the first local device's copy.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from nag_optax import parallel
+    >>> tree = parallel.replicate({"w": jnp.arange(3.0)})
+    >>> parallel.unreplicate(tree)
+    {'w': Array([0., 1., 2.], dtype=float32)}
   """
 
   def first(x):
@@ -97,6 +119,13 @@ def split_batch(batch: Any, num_devices: int | None = None) -> Any:
 
   Raises:
     ValueError: if a leading dimension is not divisible by ``num_devices``.
+
+  Example:
+    >>> import numpy as np
+    >>> from nag_optax import parallel
+    >>> batch = parallel.split_batch({"x": np.ones((8, 3))}, num_devices=2)
+    >>> batch["x"].shape
+    (2, 4, 3)
   """
   n = jax.local_device_count() if num_devices is None else num_devices
 
@@ -212,6 +241,23 @@ def pmap_data_parallel(
 
   Returns:
     A :class:`DataParallel`.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import nag_optax
+    >>> from nag_optax import parallel
+    >>> def loss_fn(params, batch):
+    ...   x, y = batch
+    ...   return jnp.mean((x @ params["w"] - y) ** 2)
+    >>> dp = parallel.pmap_data_parallel(
+    ...     loss_fn, nag_optax.nesterov(0.1, 0.9), devices=jax.local_devices()[:1])
+    >>> state = dp.init({"w": jnp.zeros((3, 1))})
+    >>> batch = (np.ones((4, 3), np.float32), np.ones((4, 1), np.float32))
+    >>> state, metrics = dp.step(state, dp.shard_batch(batch))
+    >>> dp.to_host(state.params)["w"].ravel()
+    array([0.38, 0.38, 0.38], dtype=float32)
   """
   micro_batches = _step.check_micro_batches(micro_batches)
   reduce_dtype = _step.check_reduce_dtype(reduce_dtype)

@@ -58,6 +58,20 @@ class TrainState(NamedTuple):
     model_state: non-trained model variables (e.g. Flax ``batch_stats``), or
       None. With model state, ``loss_fn(params, batch, model_state)`` returns
       ``(loss, new_model_state)``.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import nag_optax
+    >>> from nag_optax import parallel
+    >>> dp = parallel.jit_data_parallel(
+    ...     lambda params, batch: jnp.sum(params["w"] * batch),
+    ...     nag_optax.nesterov(0.1, 0.9), parallel.data_mesh(jax.devices()[:1]))
+    >>> state = dp.init({"w": jnp.zeros(3)})
+    >>> isinstance(state, parallel.TrainState), state._fields
+    (True, ('params', 'opt_state', 'model_state'))
+    >>> state.model_state is None
+    True
   """
 
   params: optax.Params
@@ -128,6 +142,20 @@ class DataParallel(NamedTuple):
       TrainState`` of ``jax.ShapeDtypeStruct`` with the shardings ``init``
       gives, without allocating it: the target to restore a checkpoint of
       the sharded state into (e.g. ``orbax.checkpoint`` ``StandardRestore``).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import nag_optax
+    >>> from nag_optax import parallel
+    >>> dp = parallel.jit_data_parallel(
+    ...     lambda params, batch: jnp.sum(params["w"] * batch),
+    ...     nag_optax.nesterov(0.1, 0.9), parallel.data_mesh(jax.devices()[:1]))
+    >>> isinstance(dp, parallel.DataParallel)
+    True
+    >>> abstract = dp.abstract_state({"w": jnp.zeros(3)})
+    >>> abstract.params["w"].shape, abstract.params["w"].dtype
+    ((3,), dtype('float32'))
   """
 
   init: StateFn
