@@ -5,6 +5,7 @@ Build with ``python -m sphinx -W -b html docs docs/_build/html`` after
 executes during the build; an error in any cell fails the build.
 """
 
+import logging
 import os
 import pathlib
 import sys
@@ -20,6 +21,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["PYTHONPATH"] = os.pathsep.join(
   [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
+# The kernel the guides run in: docs/_jupyter/kernels/python3 is Jupyter's
+# python3 kernel with its log at ERROR, so that ipykernel's start-up notice
+# (it listens on 127.0.0.1 over TCP without encryption) is not printed once
+# per guide. Errors of the code cells are not log records: they still fail
+# the build.
+os.environ["JUPYTER_PATH"] = os.pathsep.join(
+  [str(DOCS / "_jupyter"), *filter(None, [os.environ.get("JUPYTER_PATH")])]
+)
 
 import nag_optax  # noqa: E402
 
@@ -32,11 +41,13 @@ version = release
 extensions = [
   "sphinx.ext.autodoc",
   "sphinx.ext.autosummary",
+  "sphinx.ext.intersphinx",
   "sphinx.ext.napoleon",
   "sphinx.ext.mathjax",
   "sphinx.ext.viewcode",
   "myst_nb",
   "docs_checks",
+  "public_types",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
@@ -48,6 +59,17 @@ templates_path = ["_templates"]
 # nag_optax.parallel.__all__ is missing from them.
 autosummary_generate = True
 autosummary_imported_members = False
+# Public names that are another name of a class (nag_optax.NesterovState):
+# docs/_templates/autosummary/class.rst documents the class on their page
+# too, where autodoc alone would print only "alias of ...".
+autosummary_context = {
+  "class_aliases": {
+    name: obj.__name__
+    for module in (nag_optax, nag_optax.parallel)
+    for name in module.__all__
+    if isinstance(obj := getattr(module, name), type) and obj.__name__ != name
+  }
+}
 autodoc_default_options = {"members": True}
 autodoc_member_order = "bysource"
 # Signatures without annotations, as optax's reference shows them: the Args
@@ -61,6 +83,21 @@ napoleon_use_rtype = False
 # "Attributes:" sections become field lists of the class, so that they do not
 # describe the same attribute twice next to :members:.
 napoleon_use_ivar = True
+
+# Links into the references of the libraries the pages name. Without network
+# access (a sandboxed build) the inventories cannot be fetched: the pages
+# then build the same, with those names as plain text, and the one warning
+# intersphinx gives for it is logged as information (_OfflineInventories
+# below), so that -W does not fail an offline build. Every other warning,
+# intersphinx's included, stays a warning.
+intersphinx_mapping = {
+  "python": ("https://docs.python.org/3", None),
+  "numpy": ("https://numpy.org/doc/stable", None),
+  "jax": ("https://docs.jax.dev/en/latest", None),
+  "optax": ("https://optax.readthedocs.io/en/latest", None),
+  "flax": ("https://flax.readthedocs.io/en/latest", None),
+}
+intersphinx_timeout = 10
 
 # MyST and myst-nb: execute every notebook on every build, fail on an error
 # in any cell, and turn output written to stderr (JAX's warnings among it)
@@ -81,8 +118,24 @@ html_theme_options = {
   "show_toc_level": 2,
   "repository_url": "https://github.com/nag-optax/nag-optax",
   "use_repository_button": False,
+  # sphinx-book-theme has its search field in the sidebar; the pydata theme
+  # (0.16 and newer) adds a second one to the header unless told not to.
+  "navbar_persistent": [],
 }
-html_static_path = []
+html_static_path = ["_static"]
+# Wide tables scroll sideways instead of being clipped; code wraps nowhere.
+html_css_files = ["layout.css"]
+
+
+class _OfflineInventories(logging.Filter):
+  """Logs intersphinx's "failed to reach any of the inventories" as info."""
+
+  def filter(self, record):
+    if record.levelno == logging.WARNING and str(record.msg).startswith(
+      "failed to reach any of the inventories"
+    ):
+      record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
 
 
 def _skip_namedtuple_fields(app, what, name, obj, skip, options):
@@ -95,3 +148,4 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):
 
 def setup(app):
   app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+  logging.getLogger("sphinx.sphinx.ext.intersphinx").addFilter(_OfflineInventories())
