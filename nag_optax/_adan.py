@@ -353,6 +353,8 @@ def adan(
     ...   1e-3, weight_decay=0.02,
     ...   weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
     >>> updates, state = tx.update(params, tx.init(params), params)
+    >>> float(jnp.abs(updates["b"]).max())  # zero gradient, no decay: no move
+    0.0
 
   References:
     Xie et al., Adan: Adaptive Nesterov Momentum Algorithm for Faster

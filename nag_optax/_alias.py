@@ -131,6 +131,8 @@ def nesterov(
     >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
     >>> updates, state = tx.update(grads, state, params)
     >>> params = optax.apply_updates(params, updates)
+    >>> params["w"]  # 1 - 0.1 * (1 + 0.9) * (2 + 1e-4): gradient plus look-ahead
+    Array([0.61998105, 0.61998105, 0.61998105], dtype=float32)
 
   References:
     Nesterov, A method of solving a convex programming problem with

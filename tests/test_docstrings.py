@@ -27,17 +27,26 @@ def _no_example():
   """Returns nothing, and shows no example."""
 
 
+def _no_output():
+  """Returns nothing.
+
+  Example:
+    >>> _ = 1 + 1
+  """
+
+
 @pytest.mark.parametrize("name", api_examples.public_names())
 def test_api_example_runs_and_prints_what_it_shows(name):
   assert api_examples.run_docstring_examples([name]) == []
 
 
-def test_a_wrong_output_and_a_missing_example_are_reported():
+def test_a_wrong_output_a_missing_example_and_no_output_are_reported():
   this = __name__
   problems = dict(
     api_examples.run_docstring_examples(
-      [f"{this}._wrong_output", f"{this}._no_example"]
+      [f"{this}._wrong_output", f"{this}._no_example", f"{this}._no_output"]
     )
   )
   assert "Expected:\n    3\nGot:\n    2" in problems[f"{this}._wrong_output"]
   assert "no '>>>' example" in problems[f"{this}._no_example"]
+  assert "show no output" in problems[f"{this}._no_output"]

@@ -35,8 +35,8 @@ def run_docstring_examples(names=None):
 
   Returns:
     A list of ``(name, report)`` pairs, empty when every example ran and
-    printed what its docstring shows. A name without an example is a
-    problem too.
+    printed what its docstring shows. A name without an example, or whose
+    examples show no output, is a problem too.
   """
   finder = doctest.DocTestFinder(recurse=False)
   problems = []
@@ -50,6 +50,9 @@ def run_docstring_examples(names=None):
     tests = [t for t in finder.find(obj, qualname, globs=globs) if t.examples]
     if not tests:
       problems.append((qualname, "no '>>>' example in its docstring"))
+      continue
+    if not any(example.want for test in tests for example in test.examples):
+      problems.append((qualname, "its examples show no output to check"))
       continue
     out = io.StringIO()
     runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)

@@ -9,7 +9,8 @@
    directives, which myst-nb executes, never in a plain ``python`` code
    fence, which would be shown without being run.
 3. Every API example runs and prints what it shows: each public name's
-   docstring (modules aside) holds at least one ``>>>`` example, and every
+   docstring (modules aside) holds at least one ``>>>`` example showing an
+   output, and every
    example is run with :mod:`doctest` during the build; an exception, or an
    output other than the one written under the example, stops the build
    with doctest's report. The examples run in the Sphinx process, on the

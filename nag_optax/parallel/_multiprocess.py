@@ -50,7 +50,9 @@ def free_port() -> int:
     >>> import socket
     >>> from nag_optax import parallel
     >>> port = parallel.free_port()
-    >>> with socket.socket() as s:
+    >>> 1024 <= port <= 65535
+    True
+    >>> with socket.socket() as s:  # free: it can be bound
     ...   s.bind(("127.0.0.1", port))
   """
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
