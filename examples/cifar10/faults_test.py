@@ -10,7 +10,10 @@ runs the test: root is not refused) and a SIGINT at a given step.
 
 import json
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +27,8 @@ from configs import default
 from configs import smoke
 from configs import tpu
 
+from nag_optax import parallel
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.join(HERE, "main.py")
 SMOKE = os.path.join(HERE, "configs", "smoke.py")
@@ -35,9 +40,9 @@ EXIT_AFTER_FAULT_S = 30
 # main.py with faults from the environment. FAIL_SAVE_FROM_STEP: creating
 # Orbax's temporary folder of each checkpoint from that step on fails with
 # PermissionError, in Orbax's background thread, as in a folder without
-# write permission. INTERRUPT_AT_STEP: SIGINT (Ctrl-C) once that step's
-# row of metrics.jsonl is written. FAULT_TIME: a file that gets the time of
-# the first fault.
+# write permission. INTERRUPT_AT_STEP: SIGINT (Ctrl-C), or the signal
+# named by SIGNAL, once that step's row of metrics.jsonl is written.
+# FAULT_TIME: a file that gets the time of the first fault.
 DRIVER = """
 import os, runpy, signal, sys, time
 
@@ -69,12 +74,13 @@ if "INTERRUPT_AT_STEP" in os.environ:
   import metrics
 
   at, write = int(os.environ["INTERRUPT_AT_STEP"]), metrics.MetricWriter.write
+  signum = getattr(signal, os.environ.get("SIGNAL", "SIGINT"))
 
   def interrupting(self, step, scalars):
     write(self, step, scalars)
     if step == at and "train_loss" in scalars:
       fault()
-      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), signum)
 
   metrics.MetricWriter.write = interrupting
 
@@ -348,15 +354,15 @@ def test_a_checkpoint_folder_without_write_permission_is_named(data_dir, tmp_pat
 
 @pytest.fixture(scope="module")
 def interrupted(data_dir, tmp_path_factory):
-  """A run with a checkpoint after every step, interrupted (SIGINT) once
-  the row of step 6 is written: checkpoints 1 to 5 (the one of step 6 was
-  not saved), rows 1 to 6."""
+  """A run with a checkpoint after every step, interrupted (SIGINT) while
+  the row of step 6 is written, before its checkpoint: checkpoints 1 to 6
+  (the loop saves step 6, then stops), rows 1 to 6."""
   workdir = tmp_path_factory.mktemp("interrupted") / "run"
   done, interrupted_at = _run(
     workdir,
     *TINY,
     "--config.checkpoint_every_steps=1",
-    "--config.checkpoints_to_keep=5",
+    "--config.checkpoints_to_keep=6",
     data_dir=data_dir,
     faults={"INTERRUPT_AT_STEP": 6},
   )
@@ -375,20 +381,171 @@ def test_ctrl_c_ends_the_run_with_every_finished_step_recorded(interrupted):
   workdir, done, interrupted_at, ended = interrupted
   assert done.returncode == 130, done.stderr[-3000:]
   assert interrupted_at is not None and ended - interrupted_at < EXIT_AFTER_FAULT_S
-  assert _errors(done) == [
-    "error: interrupted; run the same command again to resume from the newest "
-    f"checkpoint in {workdir / 'checkpoints'}"
-  ]
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2", "3", "4", "5"]
+  assert "Traceback" not in done.stderr
+  (error,) = _errors(done)
+  assert error.startswith(
+    "error: interrupted by SIGINT at step 6, checkpoint saved in "
+    f"{workdir / 'checkpoints'}; to resume, run the same command: python {MAIN} "
+    f"--workdir={workdir} --config={SMOKE} "
+  ), error
+  assert error.endswith(" --config.checkpoints_to_keep=6"), error
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2", "3", "4", "5", "6"]
   # Each row is on disk once its step is done: none waits for the epoch.
   assert _train_steps(workdir) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.fixture(scope="module")
+def terminated(data_dir, tmp_path_factory):
+  """A run without periodic checkpoints (by step or by time), its progress
+  line every step, stopped by SIGTERM once the row of step 3 is written:
+  the loop finishes the step in hand, saves its checkpoint and exits."""
+  workdir = tmp_path_factory.mktemp("terminated") / "run"
+  done, _ = _run(
+    workdir,
+    *TINY,
+    "--config.checkpoint_every_steps=0",
+    "--config.checkpoint_every_seconds=0",
+    "--config.progress_every_seconds=0.001",
+    data_dir=data_dir,
+    faults={"INTERRUPT_AT_STEP": 3, "SIGNAL": "SIGTERM"},
+  )
+  return workdir, done
+
+
+def test_the_run_reports_what_it_runs_and_its_progress(terminated, data_dir):
+  """The banner before anything else, the compilation, then a full
+  progress line per step (stdout is a pipe here, and the interval is
+  0.001 s)."""
+  workdir, done = terminated
+  lines = done.stdout.splitlines()
+  assert lines[:6] == [
+    "CIFAR-10: airbench94 with nag_optax",
+    f"  config:  {SMOKE} with "
+    + " ".join(
+      [
+        f"--config.data_dir={data_dir}",
+        *TINY,
+        "--config.checkpoint_every_steps=0",
+        "--config.checkpoint_every_seconds=0",
+        "--config.progress_every_seconds=0.001",
+      ]
+    ),
+    "  devices: 2 x cpu (cpu)",
+    f"  data:    {os.path.join(data_dir, 'cifar-10-batches-py')}",
+    f"  workdir: {workdir}",
+    "  run:     starts fresh (no checkpoint)",
+  ]
+  assert lines[6].startswith("data: 1024 training and 256 evaluation images in ")
+  assert lines[7] == "compiling the training and evaluation steps ..."
+  assert re.fullmatch(r"compiled in \d+\.\d s", lines[8]), lines[8]
+  progress = lines[9:]
+  assert len(progress) >= 3, done.stdout
+  for step, line in enumerate(progress, 1):
+    assert re.fullmatch(
+      rf"step {step}/8  epoch 1/1  \d+ img/s  loss \d\.\d{{4}}  ETA \d+:\d\d", line
+    ), line
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(terminated):
+  workdir, done = terminated
+  assert done.returncode == 143, done.stderr[-3000:]
+  assert "Traceback" not in done.stderr
+  (error,) = _errors(done)
+  steps = _train_steps(workdir)
+  last = steps[-1]
+  assert steps == list(range(1, last + 1)) and last >= 3
+  assert error.startswith(
+    f"error: interrupted by SIGTERM at step {last}, checkpoint saved in "
+    f"{workdir / 'checkpoints'}; to resume, run the same command: python {MAIN} "
+    f"--workdir={workdir} --config={SMOKE} "
+  ), error
+  # Saved on the signal: no checkpoint by steps or time was asked for.
+  assert os.listdir(workdir / "checkpoints") == [str(last)]
+
+
+def test_a_terminated_run_resumes_with_every_step_once_and_checkpoints_by_time(
+  terminated, data_dir, tmp_path
+):
+  """Resumed with a checkpoint every microsecond (by time, none by steps):
+  one after each step from the SIGTERM checkpoint on."""
+  workdir = _copy(terminated[0], tmp_path)
+  last = _train_steps(workdir)[-1]
+  done, _ = _run(
+    workdir,
+    *TINY,
+    "--config.checkpoint_every_steps=0",
+    "--config.checkpoint_every_seconds=0.000001",
+    "--config.checkpoints_to_keep=10",
+    data_dir=data_dir,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (
+    f"  run:     resumes from the newest intact checkpoint in "
+    f"{workdir / 'checkpoints'} (newest: step {last})" in done.stdout
+  )
+  assert f"Resumed from {workdir / 'checkpoints'} at step {last}." in done.stdout
+  assert _train_steps(workdir) == list(range(1, 9))
+  saved = sorted(int(name) for name in os.listdir(workdir / "checkpoints"))
+  assert saved == list(range(last, 9))
+
+
+def test_ctrl_c_while_compiling_exits_130_in_one_line(data_dir, tmp_path):
+  """No traceback, no crash of the interpreter under XLA's compiling
+  threads, and the fresh workdir, still empty, removed."""
+  workdir = tmp_path / "run"
+  process = subprocess.Popen(
+    [sys.executable, MAIN, f"--workdir={workdir}", f"--config={SMOKE}", *TINY]
+    + [f"--config.data_dir={data_dir}"],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    for line in process.stdout:
+      if line.startswith("compiling"):
+        process.send_signal(signal.SIGINT)
+        break
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 130, stderr[-3000:]
+  assert stderr.strip().splitlines() == [
+    f"error: interrupted by SIGINT; to resume from the newest checkpoint in "
+    f"{workdir / 'checkpoints'} (if any), run the same command: "
+    + shlex.join(
+      ["python", MAIN, f"--workdir={workdir}", f"--config={SMOKE}", *TINY]
+      + [f"--config.data_dir={data_dir}"]
+    )
+  ]
+  assert not workdir.exists()
+
+
+def test_offline_the_download_fails_in_one_line_and_leaves_no_folder(tmp_path):
+  closed = f"http://127.0.0.1:{parallel.free_port()}/cifar-10-python.tar.gz"
+  env = dict(os.environ, CIFAR10_URL=closed)  # nothing listens there
+  done = subprocess.run(
+    [sys.executable, MAIN, f"--workdir={tmp_path / 'run'}", f"--config={SMOKE}"]
+    + [f"--config.data_dir={tmp_path / 'new' / 'data'}"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=env,
+  )
+  assert done.returncode == 1, done.stderr[-3000:]
+  (error,) = done.stderr.strip().splitlines()
+  assert error.startswith(f"error: Could not download {closed} (")
+  assert f"CIFAR-10 is needed in {tmp_path / 'new' / 'data'}: download " in error
+  assert f"  data:    none in {tmp_path / 'new' / 'data'}: downloads " in done.stdout
+  assert sorted(os.listdir(tmp_path)) == []  # neither the workdir nor the data
 
 
 def _damage(step_folder, how):
   train_item = step_folder / "train"
   data = train_item / "ocdbt.process_0" / "d"
   largest = max(data.iterdir(), key=lambda path: path.stat().st_size)
-  if how == "empty":
+  if how == "no config":  # as written before the configuration was stored
+    shutil.rmtree(step_folder / "config")
+  elif how == "empty":
     shutil.rmtree(step_folder)
     step_folder.mkdir()
   elif how == "random bytes":
@@ -402,13 +559,20 @@ def _damage(step_folder, how):
 def test_damaged_checkpoints_are_skipped_for_the_newest_intact_one(
   interrupted, data_dir, tmp_path
 ):
-  """The interrupted run's checkpoints 2 to 5 damaged four ways: one line
-  for each, naming the step and why, then training resumes from step 1 and
-  runs to its end, every step recorded once. The damaged folders are moved
-  aside, so that steps 2 to 5 are saved again and later restarts find
-  them."""
+  """The interrupted run's checkpoints 2 to 6 damaged five ways (one of an
+  older format, without the stored configuration): one line for each,
+  naming the step and why, then training resumes from step 1 and runs to
+  its end, every step recorded once, and the last line names what it
+  wrote. The damaged folders are moved aside, so that steps 2 to 6 are
+  saved again and later restarts find them."""
   workdir = _copy(interrupted[0], tmp_path)
-  ways = {5: "empty", 4: "random bytes", 3: "no _METADATA", 2: "truncated"}
+  ways = {
+    6: "no config",
+    5: "empty",
+    4: "random bytes",
+    3: "no _METADATA",
+    2: "truncated",
+  }
   for step, how in ways.items():
     _damage(workdir / "checkpoints" / str(step), how)
   done, _ = _run(
@@ -416,13 +580,15 @@ def test_damaged_checkpoints_are_skipped_for_the_newest_intact_one(
     *TINY,
     "--config.checkpoint_every_steps=1",
     "--config.checkpoints_to_keep=5",
+    "--config.plot=True",
     data_dir=data_dir,
   )
   assert done.returncode == 0, done.stderr[-3000:]
   assert "Traceback" not in done.stderr, done.stderr
   skipped = [line for line in done.stderr.splitlines() if line.startswith("Skipped")]
-  assert len(skipped) == 4, done.stderr
+  assert len(skipped) == 5, done.stderr
   reasons = {
+    6: "(an older checkpoint format: no stored configuration)",
     5: "(its folder is empty)",
     4: f"{workdir / 'checkpoints' / '4' / 'train'}",  # TensorStore names the file
     3: "(train/_METADATA missing)",
@@ -439,17 +605,28 @@ def test_damaged_checkpoints_are_skipped_for_the_newest_intact_one(
   assert _train_steps(workdir) == list(range(1, 9))
   final = [r for r in metrics_lib.read(str(workdir)) if "eval_accuracy_tta" in r]
   assert [r["step"] for r in final] == [8]
+  results = json.loads((workdir / "results.json").read_text())
+  last = done.stdout.strip().splitlines()[-1]
+  assert last.startswith(
+    f"done: test accuracy {results['test_accuracy']:.4f}, with TTA "
+    f"{results['test_accuracy_tta']:.4f}; {results['wall_seconds']:.1f} s ("
+  ), last
+  assert last.endswith(
+    f"; wrote {workdir / 'results.json'}, {workdir / 'curves.png'}, "
+    f"{workdir / 'checkpoints'}/"
+  ), last
+  assert (workdir / "curves.png").is_file()
 
 
 def test_without_an_intact_checkpoint_training_starts_afresh(
   interrupted, data_dir, tmp_path
 ):
   workdir = _copy(interrupted[0], tmp_path)
-  for step in range(1, 6):
+  for step in range(1, 7):
     _damage(workdir / "checkpoints" / str(step), "empty")
   done, _ = _run(workdir, *TINY, "--config.stop_after_steps=1", data_dir=data_dir)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert done.stderr.count("(its folder is empty)") == 5
+  assert done.stderr.count("(its folder is empty)") == 6
   assert (
     f"No intact checkpoint in {workdir / 'checkpoints'}: training starts at step 0."
     in done.stderr
@@ -459,24 +636,36 @@ def test_without_an_intact_checkpoint_training_starts_afresh(
   assert _train_steps(workdir) == [1]
 
 
-def test_checkpoints_of_other_widths_are_a_configuration_error(interrupted, tmp_path):
-  """Before any data is read (there is none here)."""
+def test_checkpoints_of_another_network_or_data_are_a_configuration_error(
+  interrupted, tmp_path
+):
+  """Every field of RESUME_FIELDS that differs, named in one line, before
+  any data is read (there is none here); the fields that change neither
+  the stored arrays nor the step's meaning may change."""
   workdir = _copy(interrupted[0], tmp_path)
+  changed = ("--config.widths", "--config.batch_size", "--config.num_epochs")
   done, _ = _run(
     workdir,
-    *[arg for arg in TINY if not arg.startswith("--config.widths")],
+    *[arg for arg in TINY if not arg.startswith(changed)],
     "--config.widths=(8,16,32)",
+    "--config.batch_size=256",
+    "--config.num_epochs=2",
+    "--config.accum_steps=2",
+    "--config.zero1=True",
     f"--config.data_dir={tmp_path / 'no-data'}",
     "--config.download=False",
     timeout=120,
   )
   assert done.returncode == 2, done.stderr[-3000:]
   assert _errors(done) == [
-    f"error: widths: the checkpoints in {workdir / 'checkpoints'} are of widths "
-    "(8,16,16), this configuration has (8,16,32); set --config.widths='(8,16,16)' "
-    "to resume them, or give another --workdir to start afresh"
+    f"error: widths, batch_size, num_epochs: the checkpoints in "
+    f"{workdir / 'checkpoints'} were written with widths=(8,16,16), "
+    "batch_size=128, num_epochs=1.0; this configuration has widths=(8,16,32), "
+    "batch_size=256, num_epochs=2.0; set --config.widths='(8,16,16)' "
+    "--config.batch_size=128 --config.num_epochs=1.0 to resume them, or give "
+    "another --workdir to start afresh"
   ]
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2", "3", "4", "5"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2", "3", "4", "5", "6"]
 
 
 # ------------------------------------------------------------ metrics.jsonl

@@ -17,6 +17,7 @@ import http.client
 import io
 import os
 import pickle
+import socket
 import sys
 import tarfile
 import time
@@ -32,6 +33,8 @@ MD5 = "c58f30108f718f92721af3b95e74349a"
 URL_ENV = "CIFAR10_URL"  # a mirror of the official archive, if set
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
+ARCHIVE_BYTES = 170_498_071  # the official archive's size
+ARCHIVE_SIZE = "170.5 MB"  # the same, as stated to the user (1 MB = 10^6 bytes)
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 NUM_CLASSES = 10
@@ -114,13 +117,34 @@ def _md5(path: str) -> str:
 
 
 def _missing_data_message(data_dir: str, reason: str) -> str:
+  """One line: why, then what to download and where to put it."""
   return (
-    f"{reason}\nCIFAR-10 is needed in {os.path.abspath(data_dir)}: download "
-    f"{ARCHIVE} (the 'CIFAR-10 python version', 163 MB, MD5 {MD5}) from "
+    f"{reason}; CIFAR-10 is needed in {os.path.abspath(data_dir)}: download "
+    f"{ARCHIVE} (the 'CIFAR-10 python version', {ARCHIVE_SIZE}, MD5 {MD5}) from "
     "https://www.cs.toronto.edu/~kriz/cifar.html and put it, or its extracted "
     f"{FOLDER}/ folder, there; or point --config.data_dir at the folder that "
-    f"holds it; or set {URL_ENV} to a mirror of the archive."
+    f"holds it; or set {URL_ENV} to a mirror of the archive"
   )
+
+
+def source_url() -> str:
+  """Where `download` fetches from: `CIFAR10_URL` if set, else the official
+  address."""
+  return os.environ.get(URL_ENV) or URL
+
+
+def _megabytes(count: int) -> str:
+  return f"{count / 1e6:.1f} MB"
+
+
+def _cannot_connect(error: BaseException) -> bool:
+  """Whether no connection could be made at all (refused, no such host, no
+  such file): offline, most likely, where waiting and retrying gains
+  nothing."""
+  reason = getattr(error, "reason", error)
+  return isinstance(
+    reason, ConnectionRefusedError | socket.gaierror | FileNotFoundError
+  ) or isinstance(error, FileNotFoundError)
 
 
 def download(
@@ -131,15 +155,21 @@ def download(
   timeout_s: float = 60.0,
   retries: int = 3,
   backoff_s: float = 2.0,
+  report_every_s: float = 30.0,
+  stream=None,
 ) -> str:
   """Downloads the official archive into `data_dir`, resuming and retrying.
 
-  Bytes go to `<archive>.part`; an interrupted attempt (a lost connection, a
-  time-out, a killed process) leaves it in place and the next attempt asks
-  the server for the rest (an HTTP range request; a server that ignores it
-  sends everything again). Only once the whole file has the right MD5 is it
-  renamed to `cifar-10-python.tar.gz`; a file with the wrong checksum is
-  deleted.
+  Announces itself (size and address), then shows a progress bar: redrawn
+  in place on a terminal, a full line every `report_every_s` seconds and at
+  the end otherwise. Bytes go to `<archive>.part`; an interrupted attempt (a
+  lost connection, a time-out, a killed process) leaves it in place and the
+  next attempt asks the server for the rest (an HTTP range request; a
+  server that ignores it sends everything again). Only once the whole file
+  has the right MD5 is it renamed to `cifar-10-python.tar.gz`; a file with
+  the wrong checksum is deleted. When no connection can be made at all
+  (refused, unknown host: offline) there is no retry; the folders it
+  created are removed again if they are empty.
 
   Args:
     data_dir: where the archive goes.
@@ -149,47 +179,108 @@ def download(
     timeout_s: seconds without progress before an attempt is abandoned.
     retries: attempts after the first, `backoff_s` x 2^i seconds apart.
     backoff_s: the first wait between attempts.
+    report_every_s: seconds between progress lines when `stream` is not a
+      terminal.
+    stream: where the announcement and the progress go (default stdout).
 
   Returns:
     The archive's path.
 
   Raises:
-    DataError: with what to download and where to put it, when every
-      attempt failed or the checksum is wrong.
+    DataError: one line with what to download and where to put it, when
+      every attempt failed or the checksum is wrong.
   """
-  url = url or os.environ.get(URL_ENV) or URL
+  url = url or source_url()
   md5 = MD5 if md5 is None else md5
+  stream = stream or sys.stdout
+  created = []
+  path = os.path.abspath(data_dir)
+  while not os.path.exists(path):
+    created.insert(0, path)
+    path = os.path.dirname(path)
   os.makedirs(data_dir, exist_ok=True)
   target = os.path.join(data_dir, ARCHIVE)
   part = target + ".part"
-  for attempt in range(retries + 1):
-    try:
-      _fetch(url, part, timeout_s)
-      break
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-      reason = getattr(error, "reason", error)
-      if attempt == retries:
-        raise DataError(
-          _missing_data_message(
-            data_dir,
-            f"Could not download {url} ({reason}) after {retries + 1} attempts.",
-          )
-        ) from None
-      wait = backoff_s * 2**attempt
-      sys.stderr.write(f"\ndownload failed ({reason}); retrying in {wait:.0f} s\n")
-      time.sleep(wait)
-  if _md5(part) != md5:
-    os.remove(part)
-    raise DataError(
-      _missing_data_message(
-        data_dir, f"The file downloaded from {url} has the wrong MD5."
+  bar = _Bar(stream, report_every_s)
+  try:
+    for attempt in range(retries + 1):
+      try:
+        _fetch(url, part, timeout_s, bar, os.path.abspath(data_dir))
+        break
+      except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+        bar.end()
+        reason = getattr(error, "reason", error)
+        if attempt == retries or _cannot_connect(error):
+          tries = f"after {attempt + 1} attempts" if attempt else "not retried"
+          raise DataError(
+            _missing_data_message(
+              data_dir, f"Could not download {url} ({reason}; {tries})"
+            )
+          ) from None
+        wait = backoff_s * 2**attempt
+        bar.say(f"download failed ({reason}); retrying in {wait:.0f} s")
+        time.sleep(wait)
+    if _md5(part) != md5:
+      os.remove(part)
+      raise DataError(
+        _missing_data_message(
+          data_dir, f"The file downloaded from {url} has the wrong MD5"
+        )
       )
-    )
+  except BaseException:
+    bar.end()
+    for folder in reversed(created):
+      try:
+        os.rmdir(folder)  # only if empty: a partial download is kept
+      except OSError:
+        break
+    raise
   os.replace(part, target)
   return target
 
 
-def _fetch(url: str, part: str, timeout_s: float) -> None:
+class _Bar:
+  """The download's progress: `[#####     ] 85.2/170.5 MB`."""
+
+  def __init__(self, stream, every_s: float):
+    self._stream, self._every_s = stream, every_s
+    self._tty = stream.isatty()
+    self._shown = -float("inf")
+    self._pending = False
+
+  def show(self, done: int, total: int, force: bool = False) -> None:
+    now = time.monotonic()
+    every = 0.2 if self._tty else self._every_s
+    if not force and now - self._shown < every:
+      return
+    self._shown = now
+    if total:
+      filled = 30 * done // total
+      line = f"[{'#' * filled:<30}] {done / 1e6:.1f}/{total / 1e6:.1f} MB"
+    else:
+      line = f"{done / 1e6:.1f} MB"
+    if self._tty:
+      self._stream.write("\r" + line + "\x1b[K")
+      self._pending = True
+    else:
+      self._stream.write(line + "\n")
+    self._stream.flush()
+
+  def say(self, line: str) -> None:
+    """A line of its own (after a bar drawn in place)."""
+    self.end()
+    self._stream.write(line + "\n")
+    self._stream.flush()
+
+  def end(self) -> None:
+    """Ends a bar drawn in place, so that what follows starts a line."""
+    if self._pending:
+      self._stream.write("\n")
+      self._stream.flush()
+      self._pending = False
+
+
+def _fetch(url: str, part: str, timeout_s: float, bar: _Bar, folder: str) -> None:
   """One attempt: appends the rest of `url` to `part`, with a progress bar."""
   done = os.path.getsize(part) if os.path.exists(part) else 0
   request = urllib.request.Request(url)
@@ -200,6 +291,9 @@ def _fetch(url: str, part: str, timeout_s: float) -> None:
     mode = "ab" if resumed else "wb"
     done = done if resumed else 0
     total = done + int(response.headers.get("Content-Length") or 0)
+    size = _megabytes(total) if total else "size unknown"
+    how = f", resuming at {_megabytes(done)}" if done else ""
+    bar.say(f"downloading {ARCHIVE} ({size}) from {url} to {folder}{how}")
     with open(part, mode) as out:
       while True:
         try:
@@ -212,12 +306,9 @@ def _fetch(url: str, part: str, timeout_s: float) -> None:
           break
         out.write(chunk)
         done += len(chunk)
-        if total:
-          bar = "#" * (30 * done // total)
-          sys.stderr.write(
-            f"\rCIFAR-10 [{bar:<30}] {done / 2**20:.0f}/{total / 2**20:.0f} MiB"
-          )
-  sys.stderr.write("\n")
+        bar.show(done, total)
+  bar.show(done, total, force=True)
+  bar.end()
   if total and done < total:
     raise OSError(f"connection closed after {done} of {total} bytes")
 
@@ -262,7 +353,7 @@ def load_cifar10(data_dir: str, *, download: bool = True) -> dict[str, np.ndarra
   if not os.path.isfile(archive):
     if not download:
       raise DataError(
-        _missing_data_message(data_dir, f"No CIFAR-10 in {data_dir} (download is off).")
+        _missing_data_message(data_dir, f"No CIFAR-10 in {data_dir} (download is off)")
       )
     archive = globals()["download"](data_dir)
   elif _md5(archive) != MD5:

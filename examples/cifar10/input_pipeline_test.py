@@ -16,6 +16,7 @@ import pickle
 import sys
 import tarfile
 import threading
+import time
 
 import input_pipeline as ip
 import numpy as np
@@ -196,7 +197,8 @@ def test_download_resumes_a_dropped_transfer_and_checks_md5(
   assert log == [None, "bytes=1000-"]  # the second request asked for the rest
   assert sorted(os.listdir(target)) == [ip.ARCHIVE]  # no .part file left
   assert (target / ip.ARCHIVE).read_bytes() == payload
-  assert "retrying" in capsys.readouterr().err
+  out = capsys.readouterr().out
+  assert "retrying" in out and "resuming at 0.0 MB" in out
   assert ip.load_cifar10(str(target))["train_images"].shape == (5 * SMALL, 32, 32, 3)
 
 
@@ -207,17 +209,60 @@ def test_download_with_wrong_md5_leaves_nothing(layout, tmp_path):
   with _server(source.read_bytes()) as (url, _):
     with pytest.raises(ip.DataError, match="wrong MD5"):
       ip.download(str(target), url, timeout_s=10)
-  assert os.listdir(target) == []
+  assert not target.exists()  # the folder it created, empty, is removed
 
 
-def test_without_a_network_the_error_says_what_to_do(tmp_path, monkeypatch):
-  closed = f"http://127.0.0.1:{parallel.free_port()}/{ip.ARCHIVE}"
+def test_the_download_announces_itself_and_shows_progress(
+  layout, tmp_path, monkeypatch, capsys
+):
+  """Off a terminal (pytest captures stdout): the announcement with the
+  size and the address, then full progress lines, the last one complete."""
+  source = tmp_path / "served.tar.gz"
+  monkeypatch.setattr(ip, "MD5", _archive_of(layout, source))
+  payload = source.read_bytes()
+  target = tmp_path / "fresh"
+  with _server(payload) as (url, _):
+    ip.download(str(target), url, timeout_s=10, report_every_s=0)
+  lines = capsys.readouterr().out.splitlines()
+  size = f"{len(payload) / 1e6:.1f} MB"
+  assert lines[0] == f"downloading {ip.ARCHIVE} ({size}) from {url} to {target}"
+  assert len(lines) >= 2 and all(line.startswith("[") for line in lines[1:])
+  assert lines[-1] == f"[{'#' * 30}] {size[:-3]}/{size}"
+
+
+def test_a_file_url_in_cifar10_url_is_downloaded(layout, tmp_path, monkeypatch):
+  source = tmp_path / "mirror" / ip.ARCHIVE
+  source.parent.mkdir()
+  monkeypatch.setattr(ip, "MD5", _archive_of(layout, source))
+  monkeypatch.setenv(ip.URL_ENV, source.as_uri())
+  data = ip.load_cifar10(str(tmp_path / "fresh"))
+  assert data["train_images"].shape == (5 * SMALL, 32, 32, 3)
+
+
+@pytest.mark.parametrize("where", ["http", "file"])
+def test_without_a_network_the_error_says_what_to_do(tmp_path, monkeypatch, where):
+  """One line naming what to download and where, no retry when no
+  connection can be made, and no folder left behind."""
+  if where == "http":
+    closed = f"http://127.0.0.1:{parallel.free_port()}/{ip.ARCHIVE}"
+  else:
+    closed = (tmp_path / "nowhere" / ip.ARCHIVE).as_uri()
   monkeypatch.setenv(ip.URL_ENV, closed)  # nothing listens there
+  target = tmp_path / "new" / "data"
+  start = time.perf_counter()
   with pytest.raises(ip.DataError) as error:
-    ip.download(str(tmp_path), timeout_s=5, retries=1, backoff_s=0.01)
+    ip.download(str(target), timeout_s=5, retries=1, backoff_s=30)
+  assert time.perf_counter() - start < 10  # no 30 s wait for a retry
   message = str(error.value)
-  assert f"Could not download {closed}" in message and "after 2 attempts" in message
+  assert "\n" not in message
+  assert message.startswith(f"Could not download {closed} (")
+  assert "not retried" in message
+  assert f"CIFAR-10 is needed in {target}" in message
+  assert f"{ip.ARCHIVE} (the 'CIFAR-10 python version', 170.5 MB, MD5 {ip.MD5})" in (
+    message
+  )
   assert "--config.data_dir" in message and "cifar.html" in message
+  assert not (tmp_path / "new").exists()
 
 
 def test_only_the_first_of_several_processes_downloads(layout, tmp_path):

@@ -11,11 +11,14 @@ Exit status: 0 when the run ended (or stopped at `stop_after_steps`,
 checkpointed); 2 for a usage or configuration error, found before any data
 is read, one `error: <flag or field>: ...` line per problem; 1 for any
 other error (no data, a workdir that cannot be written, ...); 130 when
-interrupted (Ctrl-C).
+interrupted by Ctrl-C (SIGINT), 143 by SIGTERM: during training, after
+saving a checkpoint; either way one line saying how to resume.
 """
 
 import difflib
 import os
+import shlex
+import signal
 import sys
 import threading
 import traceback
@@ -49,14 +52,16 @@ _REQUIRED = {
 }
 
 
-def _exit(code: int, problems=()) -> None:
+def _exit(code: int, problems=(), *, hard: bool = False) -> None:
   """Prints each problem as an `error: ...` line on stderr and exits.
 
   Orbax's background threads are not daemons, and after a failed save some
   of them wait minutes for signals that never come: the interpreter would
-  wait for them before exiting. So with such a thread still alive the
-  process ends with os._exit once its output is flushed (atexit handlers
-  skipped: what the run opened is closed already).
+  wait for them before exiting. So with such a thread still alive, or
+  `hard` (after a signal: XLA may still be compiling in its own threads,
+  and tearing the interpreter down under them crashed it), the process ends
+  with os._exit once its output is flushed (atexit handlers skipped: what
+  the run opened is closed already).
   """
   for problem in problems:
     print(f"error: {problem}", file=sys.stderr)
@@ -67,10 +72,56 @@ def _exit(code: int, problems=()) -> None:
     for t in threading.enumerate()
     if t is not threading.current_thread() and not t.daemon and t.is_alive()
   ]
-  if lingering:
+  if lingering or hard:
     logging.flush()
     os._exit(code)
   sys.exit(code)
+
+
+class _Stop:
+  """SIGINT (Ctrl-C) and SIGTERM. Outside the training loop a signal stops
+  the run at once (KeyboardInterrupt, wherever Python is); while the loop
+  trains (`deferred`, set by train.py) it only records `signum`, and the
+  loop finishes its step, saves a checkpoint and raises train.Interrupted.
+  A second signal stops at once."""
+
+  def __init__(self):
+    self.signum = None
+    self.deferred = False
+
+  def install(self):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    first = self.signum is None
+    if first:
+      self.signum = signum
+    if not (self.deferred and first):
+      raise KeyboardInterrupt
+
+
+STOP = _Stop()
+
+
+def _interrupted(step=None) -> None:
+  """Exits 130 (SIGINT) or 143 (SIGTERM) with one line: what was saved and
+  the command that resumes."""
+  signum = STOP.signum or signal.SIGINT
+  name = signal.Signals(signum).name
+  command = shlex.join(["python", *sys.argv])
+  workdir = FLAGS["workdir"].value
+  checkpoints = os.path.join(os.path.abspath(workdir or "."), "checkpoints")
+  if step is not None:
+    line = f" at step {step}, checkpoint saved in {checkpoints}; to resume"
+  else:
+    line = f"; to resume from the newest checkpoint in {checkpoints} (if any)"
+  _exit(
+    128 + signum,
+    [f"interrupted by {name}{line}, run the same command: {command}"],
+    hard=True,
+  )
 
 
 def _without_orbax_tracebacks(record) -> bool:
@@ -178,21 +229,22 @@ def main(argv):
   problems = train.validate_config(config, len(jax.devices()))
   if problems:
     _exit(2, problems)
+  if jax.process_index() == 0:
+    overrides = [a for a in sys.argv[1:] if a.startswith(("--config.", "-config."))]
+    for line in train.describe_run(
+      config, FLAGS.workdir, _config_file(sys.argv), overrides
+    ):
+      print(line, flush=True)
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir, stop=STOP)
   except train.ConfigError as error:
     _exit(2, error.problems)
   except (input_pipeline.DataError, train.WorkdirError) as error:
     _exit(1, [str(error)])
+  except train.Interrupted as error:
+    _interrupted(error.step)
   except KeyboardInterrupt:
-    checkpoints = os.path.join(os.path.abspath(FLAGS.workdir), "checkpoints")
-    _exit(
-      130,
-      [
-        "interrupted; run the same command again to resume from the newest "
-        f"checkpoint in {checkpoints}"
-      ],
-    )
+    _interrupted()
   except Exception:  # noqa: BLE001 (shown whole, then the process ends)
     traceback.print_exc()
     _exit(1)
@@ -200,4 +252,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  STOP.install()
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:  # while the flags or the config file were read
+    _interrupted()

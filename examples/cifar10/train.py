@@ -20,6 +20,7 @@ import difflib
 import functools
 import gc
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ import models
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import progress as progress_lib
 from configs import default as default_config
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -62,6 +64,15 @@ class ConfigError(ValueError):
 class WorkdirError(RuntimeError):
   """The run cannot write to its workdir: a folder or a checkpoint (the
   message names the path and says what to do)."""
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal (SIGINT, SIGTERM) after saving the
+  checkpoint of `step`."""
+
+  def __init__(self, signum: int, step: int):
+    self.signum, self.step = signum, step
+    super().__init__(f"signal {signum} at step {step}")
 
 
 def _is_int(value) -> bool:
@@ -167,8 +178,10 @@ _FIELDS = {
   "seed": _integer(0, 2**32 - 1),
   "deterministic": _boolean(),
   "checkpoint_every_steps": _integer(0),
+  "checkpoint_every_seconds": _number(0),
   "checkpoints_to_keep": _integer(1),
   "stop_after_steps": _integer(0),
+  "progress_every_seconds": _number(0, above=True),
   "plot": _boolean(),
   "tensorboard": _boolean(),
 }
@@ -527,7 +540,9 @@ def create_eval_step(
 # The loop.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, stop=None
+) -> dict:
   """Trains, checkpoints, evaluates; writes metrics.jsonl and results.json.
 
   Evaluates on the test set, or with `config.validation_images` on that
@@ -540,105 +555,126 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   drops the rows after its checkpoint. Whatever stops the run (an error,
   Ctrl-C), the checkpoint manager and the metric writer are closed.
 
+  `stop`, if given, is the signal handler's record (main.py): while the
+  loop trains, `stop.deferred` is True and a signal only sets
+  `stop.signum`; the loop then finishes the step, writes its rows, saves a
+  checkpoint and raises `Interrupted`.
+
   Raises:
     ConfigError: a field of `config` is invalid (`validate_config`), does
       not fit the data, or differs from the one that wrote the workdir's
-      checkpoints in a way they cannot be restored into (`widths`).
+      checkpoints in a way they cannot be resumed with (RESUME_FIELDS).
     WorkdirError: the workdir, its checkpoints/ or a checkpoint cannot be
       written.
     input_pipeline.DataError: the data is missing or unreadable.
+    Interrupted: a signal stopped the training (checkpointed).
   """
   wall_start = time.perf_counter()
   clock = _Clock()
   problems = validate_config(config, len(jax.devices()))
   if problems:
     raise ConfigError(problems)
-  _check_writable(workdir)
+  created = _check_writable(workdir)
   _check_checkpoints(workdir, config)
 
-  # ---- Data: on the host, then the padded training set on every device.
-  with clock("data"):
-    data = _load_data(config)
-    devices = _devices(config)
-    mesh = parallel.data_mesh(devices)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    num_train = len(data["train_labels"])
-    if config.batch_size > num_train:
-      raise ConfigError(
-        [
-          f"batch_size: {config.batch_size} is more than the {num_train} "
-          "training images (after validation_images and train_subset); set "
-          f"--config.batch_size to at most {num_train}"
-        ]
+  # Until training starts, a run that fails or is interrupted removes the
+  # folders it created if they are still empty.
+  with _removed_if_empty_on_error(created):
+    # ---- Data: on the host, then the padded training set on every device.
+    with clock("data"):
+      data = _load_data(config)
+      devices = _devices(config)
+      mesh = parallel.data_mesh(devices)
+      replicated = NamedSharding(mesh, PartitionSpec())
+      num_train = len(data["train_labels"])
+      if config.batch_size > num_train:
+        raise ConfigError(
+          [
+            f"batch_size: {config.batch_size} is more than the {num_train} "
+            "training images (after validation_images and train_subset); set "
+            f"--config.batch_size to at most {num_train}"
+          ]
+        )
+      steps_per_epoch = num_train // config.batch_size  # drop last, as airbench
+      total_steps = math.ceil(steps_per_epoch * config.num_epochs)
+      pad = config.crop_padding
+      train_images = _place(
+        np.pad(
+          data["train_images"], ((0, 0), (pad, pad), (pad, pad), (0, 0)), "reflect"
+        ),
+        replicated,
       )
-    steps_per_epoch = num_train // config.batch_size  # drop last, as airbench
-    total_steps = math.ceil(steps_per_epoch * config.num_epochs)
-    pad = config.crop_padding
-    train_images = _place(
-      np.pad(data["train_images"], ((0, 0), (pad, pad), (pad, pad), (0, 0)), "reflect"),
-      replicated,
+      train_labels = _place(data["train_labels"], replicated)
+    _say(
+      f"data: {num_train} training and {len(data['eval_labels'])} evaluation images "
+      f"in {clock.totals['data']:.1f} s"
     )
-    train_labels = _place(data["train_labels"], replicated)
 
-  # ---- Model, optimizer, and the distributed, compiled functions.
-  dp, graphdef, params, model_state = create_train_step(
-    config, mesh, total_steps, steps_per_epoch
-  )
-  evaluate = _evaluator(config, mesh, graphdef, data)
-  plan_fn = jax.jit(
-    functools.partial(
-      input_pipeline.epoch_plan,
-      num_images=num_train,
-      crop_padding=pad,
-      alternating=config.alternating_flip,
-    ),
-    out_shardings=replicated,
-  )
-  batch_fn = jax.jit(
-    functools.partial(input_pipeline.augment_batch, batch=config.batch_size),
-    out_shardings=parallel.batch_sharding(mesh),
-  )
-  ema_fn = jax.jit(ema_reset)
-  # Every process computes the same filters on its own first device.
-  whiten_fn = jax.jit(functools.partial(models.whitening_kernel, eps=config.whiten_eps))
-  whiten_images = input_pipeline.normalize(data["train_images"][: config.whiten_images])
-  whiten_bias_steps = config.whiten_bias_epochs * steps_per_epoch
-  data_key = jax.random.key(config.seed)
+    # ---- Model, optimizer, and the distributed, compiled functions.
+    dp, graphdef, params, model_state = create_train_step(
+      config, mesh, total_steps, steps_per_epoch
+    )
+    evaluate = _evaluator(config, mesh, graphdef, data)
+    plan_fn = jax.jit(
+      functools.partial(
+        input_pipeline.epoch_plan,
+        num_images=num_train,
+        crop_padding=pad,
+        alternating=config.alternating_flip,
+      ),
+      out_shardings=replicated,
+    )
+    batch_fn = jax.jit(
+      functools.partial(input_pipeline.augment_batch, batch=config.batch_size),
+      out_shardings=parallel.batch_sharding(mesh),
+    )
+    ema_fn = jax.jit(ema_reset)
+    # Every process computes the same filters on its own first device.
+    whiten_fn = jax.jit(
+      functools.partial(models.whitening_kernel, eps=config.whiten_eps)
+    )
+    whiten_images = input_pipeline.normalize(
+      data["train_images"][: config.whiten_images]
+    )
+    whiten_bias_steps = config.whiten_bias_epochs * steps_per_epoch
+    data_key = jax.random.key(config.seed)
 
-  def fresh_state():
-    """Initial weights, with the whitening filters from the data."""
-    model = nnx.merge(graphdef, params, model_state)
-    model.whiten_kernel[...] = whiten_fn(whiten_images)
-    _, fresh_params, fresh_model_state = nnx.split(model, nnx.Param, ...)
-    return dp.init(nnx.as_pure(fresh_params), nnx.as_pure(fresh_model_state))
+    def fresh_state():
+      """Initial weights, with the whitening filters from the data."""
+      model = nnx.merge(graphdef, params, model_state)
+      model.whiten_kernel[...] = whiten_fn(whiten_images)
+      _, fresh_params, fresh_model_state = nnx.split(model, nnx.Param, ...)
+      return dp.init(nnx.as_pure(fresh_params), nnx.as_pure(fresh_model_state))
 
-  def step_fn(state, step, plan):
-    """Optimizer step `step` (from 0) on its batch of the epoch's plan."""
-    start = (step % steps_per_epoch) * config.batch_size
-    trainable = step < whiten_bias_steps
-    batch = batch_fn(train_images, train_labels, plan, start)
-    return dp.step(state, batch, whiten_bias_trainable=trainable)
+    def step_fn(state, step, plan):
+      """Optimizer step `step` (from 0) on its batch of the epoch's plan."""
+      start = (step % steps_per_epoch) * config.batch_size
+      trainable = step < whiten_bias_steps
+      batch = batch_fn(train_images, train_labels, plan, start)
+      return dp.step(state, batch, whiten_bias_trainable=trainable)
 
-  # ---- Compile every function before the clock (airbench's protocol): a
-  # throwaway call of each, in both states of the whitening bias.
-  with clock("compile"):
-    warm = fresh_state()
-    plan = plan_fn(data_key, 0)
-    for step in sorted({0, min(whiten_bias_steps, total_steps - 1)}):
-      warm, _ = step_fn(warm, step, plan)
-    ema, warm = ema_fn(_copy(warm), warm, 0.5)
-    for level in {
-      config.tta_level,
-      0 if config.eval_every_epochs else config.tta_level,
-    }:
-      evaluate(warm, level)
-    jax.block_until_ready((warm, ema))
-    del warm, ema, plan
+    # ---- Compile every function before the clock (airbench's protocol): a
+    # throwaway call of each, in both states of the whitening bias.
+    _say("compiling the training and evaluation steps ...")
+    with clock("compile"):
+      warm = fresh_state()
+      plan = plan_fn(data_key, 0)
+      for step in sorted({0, min(whiten_bias_steps, total_steps - 1)}):
+        warm, _ = step_fn(warm, step, plan)
+      ema, warm = ema_fn(_copy(warm), warm, 0.5)
+      for level in {
+        config.tta_level,
+        0 if config.eval_every_epochs else config.tta_level,
+      }:
+        evaluate(warm, level)
+      jax.block_until_ready((warm, ema))
+      del warm, ema, plan
+    _say(f"compiled in {clock.totals['compile']:.1f} s")
 
   # ---- State: fresh (the whitening init is part of the timed run) or
   # restored from the newest intact checkpoint.
   checkpoints = _Checkpoints(workdir, config, dp, params, model_state)
-  writer = None
+  writer = progress = None
   try:
     with clock("train"):
       state = fresh_state()
@@ -657,6 +693,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       stop_at = min(total_steps, start_step + config.stop_after_steps)
     in_flight = []  # (step, metrics) of the steps not yet recorded
     rows = []  # the recorded metrics of this epoch's steps
+    progress = progress_lib.Progress(
+      total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch,
+      batch_size=config.batch_size,
+      start_step=start_step,
+      every_s=config.progress_every_seconds,
+      enabled=jax.process_index() == 0,
+    )
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    last_save, saved = time.monotonic(), start_step if start_step else None
 
     def record():
       """Writes the oldest step in flight's row, once its metrics are on the
@@ -667,8 +713,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # for the step queued after this one.
       lr = lr0 * float(np.interp(done - 1, lr_steps, lr_factors))
       writer.write(done, {**rows[-1], "lr": lr})
+      progress.update(done, rows[-1]["train_loss"])
 
-    # ---- Training: epoch by epoch.
+    def save(done):
+      """Every row up to step `done` on disk, then its checkpoint."""
+      nonlocal last_save, saved
+      while in_flight:
+        record()
+      if saved == done:
+        return
+      jax.block_until_ready(state)
+      checkpoints.save(done, state, ema, data_key, clock)
+      last_save, saved = time.monotonic(), done
+
+    def stop_if_signalled(done):
+      """After a signal (SIGINT, SIGTERM): the checkpoint of step `done`,
+      then Interrupted."""
+      if stop is not None and stop.signum is not None:
+        save(done)
+        raise Interrupted(stop.signum, done)
+
+    # ---- Training: epoch by epoch. A signal now only asks the loop to
+    # stop after its step (stop_if_signalled).
+    if stop is not None:
+      stop.deferred = True
     step = start_step
     while step < stop_at:
       epoch = step // steps_per_epoch
@@ -689,29 +757,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           done = step + 1
           if config.ema_every and (done % config.ema_every == 0 or done == total_steps):
             ema, state = ema_fn(ema, state, ema_decay(config, done, total_steps))
-          every = config.checkpoint_every_steps
-          if every and done % every == 0:
-            while in_flight:  # every row up to the checkpoint is on disk first
-              record()
-            jax.block_until_ready(state)
-            checkpoints.save(done, state, ema, data_key, clock)
+          every, every_s = (
+            config.checkpoint_every_steps,
+            config.checkpoint_every_seconds,
+          )
+          if (every and done % every == 0) or (
+            every_s and time.monotonic() - last_save >= every_s
+          ):
+            save(done)
+          stop_if_signalled(done)
         while in_flight:
           record()
         jax.block_until_ready(state)
       step = epoch_end
-      summary = {
-        "epoch": epoch + 1,
-        "step": step,
-        **{k: np.mean([row[k] for row in rows]) for k in rows[0]},
-        "seconds": clock.totals["train"] - trained_before,
-      }
+      seconds = clock.totals["train"] - trained_before
+      summary = {k: np.mean([row[k] for row in rows]) for k in rows[0]}
       if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
         if step < total_steps:  # the final evaluation comes below
           with clock("eval"):
             summary["eval_accuracy"] = evaluate(state, 0)[0]
           writer.write(step, {"eval_accuracy": summary["eval_accuracy"]})
-      if jax.process_index() == 0:
-        print(" | ".join(f"{k} {v:.4g}" for k, v in summary.items()), flush=True)
+      eta = progress.eta(step)
+      progress.print(
+        f"epoch {epoch + 1}/{num_epochs} done  step {step}/{total_steps}  "
+        + "  ".join(f"{k} {v:.4g}" for k, v in summary.items())
+        + f"  {seconds:.1f} s"
+        + (f"  ETA {progress_lib.duration(eta)}" if eta and step < total_steps else "")
+      )
+      stop_if_signalled(step)
 
     if step == total_steps:
       # ---- The final evaluation with test-time augmentation: part of the
@@ -719,8 +792,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       with clock("train"):
         accuracy, accuracy_tta = evaluate(state, config.tta_level)
       writer.write(step, {"eval_accuracy": accuracy, "eval_accuracy_tta": accuracy_tta})
-    checkpoints.save(step, state, ema, data_key, clock)
+    save(step)
+    stop_if_signalled(step)
+    if stop is not None:
+      stop.deferred = False
   except BaseException:
+    if stop is not None:
+      stop.deferred = False
+    if progress is not None:
+      progress.close()
     # The error in flight is the one to report: closing after it is best
     # effort (after a failed save, closing the manager fails too).
     for opened in (writer, checkpoints):
@@ -731,6 +811,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.close()
   checkpoints.close()
   if step < total_steps:  # stopped early, checkpointed
+    _say(
+      f"stopped at step {step} of {total_steps} (stop_after_steps), "
+      f"checkpointed in {checkpoints.directory}; run the same command again to "
+      "resume"
+    )
     return {"stopped_at_step": step}
 
   split = "validation" if config.validation_images else "test"
@@ -749,18 +834,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "config": config.to_dict(),
   }
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "results.json"), results)
-    print(
-      f"{split} accuracy {accuracy:.4f}, with TTA {accuracy_tta:.4f}; "
-      + ", ".join(f"{k} {v:.1f} s" for k, v in clock.totals.items())
-    )
+    path = os.path.abspath(os.path.join(workdir, "results.json"))
+    _write_json(path, results)
+    written = [path]
     if config.plot:
-      metrics_lib.plot(workdir)
+      written.append(os.path.abspath(metrics_lib.plot(workdir)))
+    written.append(checkpoints.directory + os.sep)
+    _say(
+      f"done: {split} accuracy {accuracy:.4f}, with TTA {accuracy_tta:.4f}; "
+      f"{results['wall_seconds']:.1f} s ("
+      + ", ".join(f"{k} {v:.1f} s" for k, v in clock.totals.items())
+      + "); wrote "
+      + ", ".join(written)
+    )
   return dict(results, **host)
 
 
 # --------------------------------------------------------------------------
 # Helpers of the loop.
+
+
+def describe_run(
+  config, workdir: str, config_file: str | None, overrides=()
+) -> list[str]:
+  """The run's banner: what it runs, on what, from which data, into which
+  folder, fresh or resumed. Reads only folder listings: printed before the
+  data is read or anything compiled."""
+  devices = jax.devices()
+  used = config.num_devices or len(devices)
+  kinds = sorted({f"{d.platform} ({d.device_kind})" for d in devices[:used]})
+  of = f" (of {len(devices)})" if used < len(devices) else ""
+  processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  folder = os.path.abspath(os.path.join(config.data_dir, input_pipeline.FOLDER))
+  archive = os.path.abspath(os.path.join(config.data_dir, input_pipeline.ARCHIVE))
+  if os.path.isdir(folder):
+    data = folder
+  elif os.path.isfile(archive):
+    data = archive
+  elif config.download:
+    data = (
+      f"none in {os.path.abspath(config.data_dir)}: downloads "
+      f"{input_pipeline.ARCHIVE} ({input_pipeline.ARCHIVE_SIZE}) from "
+      f"{input_pipeline.source_url()}"
+    )
+  else:
+    data = f"none in {os.path.abspath(config.data_dir)} (download off)"
+  checkpoints = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  steps = []
+  if os.path.isdir(checkpoints):
+    steps = [int(n) for n in os.listdir(checkpoints) if n.isdigit()]
+  start = (
+    f"resumes from the newest intact checkpoint in {checkpoints} (newest: step "
+    f"{max(steps)})"
+    if steps
+    else "starts fresh (no checkpoint)"
+  )
+  return [
+    "CIFAR-10: airbench94 with nag_optax",
+    f"  config:  {config_file or 'given in code'}"
+    + (f" with {' '.join(overrides)}" if overrides else ""),
+    f"  devices: {used}{of} x {', '.join(kinds)}{processes}",
+    f"  data:    {data}",
+    f"  workdir: {os.path.abspath(workdir)}",
+    f"  run:     {start}",
+  ]
 
 
 def _load_data(config) -> dict:
@@ -793,14 +930,20 @@ def _load_data(config) -> dict:
   return data
 
 
-def _check_writable(workdir: str) -> None:
+def _check_writable(workdir: str) -> list[str]:
   """Raises WorkdirError unless files can be created in `workdir` and its
   checkpoints/ (before anything is computed: Orbax reports a folder it
-  cannot write only from its background threads, at the first save)."""
+  cannot write only from its background threads, at the first save).
+
+  Returns:
+    The folders it created, outermost first.
+  """
+  created = []
   for folder in (workdir, os.path.join(workdir, "checkpoints")):
     folder = os.path.abspath(folder)
     probe = os.path.join(folder, f".writable-{jax.process_index()}-{os.getpid()}")
     try:
+      created += _new_folders(folder)
       os.makedirs(folder, exist_ok=True)
       with open(probe, "w", encoding="utf-8"):
         pass
@@ -810,6 +953,37 @@ def _check_writable(workdir: str) -> None:
         f"{folder}: cannot write there ({error.strerror or error}); make it "
         "writable, or give another --workdir"
       ) from error
+  return created
+
+
+def _new_folders(path: str) -> list[str]:
+  """The folders `os.makedirs(path)` would create, outermost first."""
+  missing = []
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    missing.insert(0, path)
+    path = os.path.dirname(path)
+  return missing
+
+
+@contextlib.contextmanager
+def _removed_if_empty_on_error(folders):
+  """Removes `folders` (innermost first) if the block fails and they are
+  still empty: a run that stops before it wrote anything (no data, a failed
+  download, Ctrl-C) leaves no empty workdir behind."""
+  try:
+    yield
+  except BaseException:
+    for folder in reversed(folders):
+      with contextlib.suppress(OSError):
+        os.rmdir(folder)  # only if empty
+    raise
+
+
+def _say(line: str) -> None:
+  """A line of the run's report on stdout (the first process only)."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
 
 
 def _devices(config) -> list:
@@ -906,15 +1080,18 @@ class _Checkpoints:
   and of the configuration that wrote them.
 
   `restore` takes the newest checkpoint that reads back whole. Each one it
-  skips (an empty folder, a missing or damaged file) gets a line saying
-  why, and its step folder moves to `<workdir>/checkpoints_damaged/`: kept
-  for a look, out of Orbax's way (Orbax would take it as the latest step
-  and skip every later save up to it). A checkpoint of a network of other
-  `widths` is a configuration error, not damage.
+  skips (an empty folder, a missing or damaged file, an older format
+  without the stored configuration or one of its fields) gets a line
+  saying why, and its step folder moves to `<workdir>/checkpoints_damaged/`:
+  kept for a look, out of Orbax's way (Orbax would take it as the latest
+  step and skip every later save up to it). A checkpoint written with other
+  values of RESUME_FIELDS is a configuration error, not damage.
   """
 
   def __init__(self, workdir, config, dp, params, model_state):
-    self._directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = self._directory = os.path.abspath(
+      os.path.join(workdir, "checkpoints")
+    )
     self._damaged = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
     self._config = config
     self._manager = ocp.CheckpointManager(
@@ -994,8 +1171,12 @@ class _Checkpoints:
       try:
         args = ocp.args.Composite(config=ocp.args.JsonRestore())
         saved = self._manager.restore(step, args=args)["config"]
+        reason = _older_format(saved)
       except Exception as error:
-        reason = f"its configuration cannot be read: {_reason(error)}"
+        if not os.path.isdir(os.path.join(folder, "config")):
+          reason = "an older checkpoint format: no stored configuration"
+        else:
+          reason = f"its configuration cannot be read: {_reason(error)}"
     if not _on_every_process(reason is None):
       return None, reason or "unreadable on another process"
     _check_resumable(saved, self._config, self._directory)
@@ -1047,19 +1228,71 @@ class _Checkpoints:
     self._manager.close()
 
 
+# The fields a checkpoint must be resumed with. widths: the shapes of the
+# parameters, momentum and weight average. batch_size, train_subset,
+# validation_images: the images per step and per epoch, so the data position
+# the checkpoint's step stands for. num_epochs (with those): the total
+# steps, so the learning-rate schedule and the weight-average decay along
+# it. The others (devices, ZeRO-1, accum_steps, evaluation, checkpoint and
+# progress intervals) change neither the stored arrays nor what a step
+# means.
+RESUME_FIELDS = (
+  "widths",
+  "batch_size",
+  "train_subset",
+  "validation_images",
+  "num_epochs",
+)
+
+
+def _as_saved(value):
+  """A config value as the checkpoint's JSON stores it (tuples as lists)."""
+  return json.loads(json.dumps(value))
+
+
+def _older_format(saved: dict) -> str | None:
+  """Why a checkpoint's stored configuration is of an older format, or
+  None."""
+  missing = [name for name in RESUME_FIELDS if name not in saved]
+  if missing:
+    return f"an older checkpoint format: its configuration has no {', '.join(missing)}"
+  return None
+
+
 def _check_resumable(saved: dict, config, directory: str) -> None:
-  """Raises ConfigError if the network of `config` differs from the one of
-  a checkpoint written with the configuration `saved`."""
-  if list(saved.get("widths", config.widths)) != list(config.widths):
-    widths = ",".join(str(w) for w in saved["widths"])
-    raise ConfigError(
-      [
-        f"widths: the checkpoints in {directory} are of widths ({widths}), this "
-        f"configuration has ({','.join(str(w) for w in config.widths)}); set "
-        f"--config.widths='({widths})' to resume them, or give another --workdir "
-        "to start afresh"
-      ]
+  """Raises ConfigError, one line naming every field of RESUME_FIELDS in
+  which `config` differs from the configuration `saved` that wrote the
+  checkpoints, with the flags that resume them."""
+  differ = [
+    name
+    for name in RESUME_FIELDS
+    if name in saved and _as_saved(saved[name]) != _as_saved(config[name])
+  ]
+  if not differ:
+    return
+
+  def shown(value):
+    return (
+      "(" + ",".join(str(v) for v in value) + ")"
+      if isinstance(value, list)
+      else (str(value))
     )
+
+  theirs = ", ".join(f"{name}={shown(_as_saved(saved[name]))}" for name in differ)
+  ours = ", ".join(f"{name}={shown(_as_saved(config[name]))}" for name in differ)
+  flags = " ".join(
+    f"--config.{name}='{shown(saved[name])}'"
+    if isinstance(saved[name], list)
+    else f"--config.{name}={saved[name]}"
+    for name in differ
+  )
+  raise ConfigError(
+    [
+      f"{', '.join(differ)}: the checkpoints in {directory} were written with "
+      f"{theirs}; this configuration has {ours}; set {flags} to resume them, or "
+      "give another --workdir to start afresh"
+    ]
+  )
 
 
 def _check_checkpoints(workdir: str, config) -> None:
@@ -1075,6 +1308,8 @@ def _check_checkpoints(workdir: str, config) -> None:
           args = ocp.args.Composite(config=ocp.args.JsonRestore())
           saved = manager.restore(step, args=args)["config"]
         except Exception:  # noqa: BLE001 (damaged: restore says which and why)
+          continue
+        if _older_format(saved):  # restore skips it, saying why
           continue
         _check_resumable(saved, config, directory)
         return
@@ -1181,7 +1416,5 @@ def _cpu_model() -> str:
 
 
 def _write_json(path, payload):
-  import json
-
   with open(path, "w", encoding="utf-8") as f:
     json.dump(payload, f, indent=2, default=str)

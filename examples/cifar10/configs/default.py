@@ -111,11 +111,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.deterministic = False
   # Orbax checkpoint every this many optimizer steps (0: only at the end).
   config.checkpoint_every_steps = 0
+  # Also a checkpoint once this many seconds have passed since the last one
+  # (checked after each step; 0: off), so that a run stopped in its first
+  # minutes resumes where it was.
+  config.checkpoint_every_seconds = 300.0
   # Checkpoints kept.
   config.checkpoints_to_keep = 2
   # Stop (with a checkpoint) after this many optimizer steps in this
   # process, to be resumed later (0: run to the end).
   config.stop_after_steps = 0
+  # Written to a file or a pipe, the progress line (step, epoch, images/s,
+  # loss, ETA) is printed every this many seconds; on a terminal it is
+  # redrawn in place.
+  config.progress_every_seconds = 30.0
   # Plot curves.png from metrics.jsonl at the end.
   config.plot = True
   # Also write TensorBoard event files to <workdir>/tensorboard (needs
