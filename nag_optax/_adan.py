@@ -36,7 +36,8 @@ class ScaleByAdanState(NamedTuple):
     >>> import nag_optax
     >>> state = nag_optax.scale_by_adan().init({"w": jnp.zeros(2)})
     >>> state._fields
-    ('count', 'momentum_count', 'm', 'v', 'n', 'prev_grad', 'restarts', 'prev_value')
+    ('count', 'momentum_count', 'm', 'v', 'n', 'prev_grad', 'restarts',
+     'prev_value')
     >>> state.m
     {'w': Array([0., 0.], dtype=float32)}
   """

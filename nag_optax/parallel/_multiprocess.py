@@ -140,8 +140,8 @@ class ProcessResult:
   Example:
     >>> import sys
     >>> from nag_optax import parallel
-    >>> (result,) = parallel.launch_local(
-    ...     [sys.executable, "-c", "raise SystemExit(3)"], num_processes=1, check=False)
+    >>> command = [sys.executable, "-c", "raise SystemExit(3)"]
+    >>> (result,) = parallel.launch_local(command, num_processes=1, check=False)
     >>> result
     ProcessResult(process_id=0, returncode=3, output='', stopped=False)
   """

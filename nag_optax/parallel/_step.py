@@ -123,9 +123,9 @@ class DataParallel(NamedTuple):
       loss-based builders, ``metrics["loss"]`` (and ``metrics["aux"]`` with
       ``has_aux``) hold one value per device (a leading device axis), each
       the mean over that device's micro-batches: averaging them on the host
-      needs no collective in the step. From :func:`jit_train_step`, the
-      metrics its ``train_step`` returns, replicated, and ``step`` passes
-      keyword arguments on as static values.
+      needs no collective in the step. ``step(state, batch, **kwargs)``
+      passes keyword arguments on to ``loss_fn`` as static values (one
+      compiled program per value).
     shard_batch: this process's batch (leading axis the per-process batch
       size) -> the batch ``step`` takes.
     to_host: device tree -> one NumPy copy (gathered across devices and
