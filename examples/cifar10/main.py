@@ -111,8 +111,7 @@ def _interrupted(step=None) -> None:
   signum = STOP.signum or signal.SIGINT
   name = signal.Signals(signum).name
   command = shlex.join(["python", *sys.argv])
-  workdir = FLAGS["workdir"].value
-  checkpoints = os.path.join(os.path.abspath(workdir or "."), "checkpoints")
+  checkpoints = os.path.join(FLAGS["workdir"].value or ".", "checkpoints")
   if step is not None:
     line = f" at step {step}, checkpoint saved in {checkpoints}; to resume"
   else:

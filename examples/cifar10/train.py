@@ -813,8 +813,8 @@ def train_and_evaluate(
   if step < total_steps:  # stopped early, checkpointed
     _say(
       f"stopped at step {step} of {total_steps} (stop_after_steps), "
-      f"checkpointed in {checkpoints.directory}; run the same command again to "
-      "resume"
+      f"checkpointed in {os.path.join(workdir, 'checkpoints')}; run the same "
+      "command again to resume"
     )
     return {"stopped_at_step": step}
 
@@ -834,12 +834,12 @@ def train_and_evaluate(
     "config": config.to_dict(),
   }
   if jax.process_index() == 0:
-    path = os.path.abspath(os.path.join(workdir, "results.json"))
+    path = os.path.join(workdir, "results.json")
     _write_json(path, results)
     written = [path]
     if config.plot:
-      written.append(os.path.abspath(metrics_lib.plot(workdir)))
-    written.append(checkpoints.directory + os.sep)
+      written.append(metrics_lib.plot(workdir))
+    written.append(os.path.join(workdir, "checkpoints", ""))
     _say(
       f"done: {split} accuracy {accuracy:.4f}, with TTA {accuracy_tta:.4f}; "
       f"{results['wall_seconds']:.1f} s ("
@@ -858,28 +858,28 @@ def describe_run(
   config, workdir: str, config_file: str | None, overrides=()
 ) -> list[str]:
   """The run's banner: what it runs, on what, from which data, into which
-  folder, fresh or resumed. Reads only folder listings: printed before the
-  data is read or anything compiled."""
+  folder, fresh or resumed; paths as given. Reads only folder listings:
+  printed before the data is read or anything compiled."""
   devices = jax.devices()
   used = config.num_devices or len(devices)
   kinds = sorted({f"{d.platform} ({d.device_kind})" for d in devices[:used]})
   of = f" (of {len(devices)})" if used < len(devices) else ""
   processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  folder = os.path.abspath(os.path.join(config.data_dir, input_pipeline.FOLDER))
-  archive = os.path.abspath(os.path.join(config.data_dir, input_pipeline.ARCHIVE))
+  folder = os.path.join(config.data_dir, input_pipeline.FOLDER)
+  archive = os.path.join(config.data_dir, input_pipeline.ARCHIVE)
   if os.path.isdir(folder):
     data = folder
   elif os.path.isfile(archive):
     data = archive
   elif config.download:
     data = (
-      f"none in {os.path.abspath(config.data_dir)}: downloads "
+      f"none in {config.data_dir}: downloads "
       f"{input_pipeline.ARCHIVE} ({input_pipeline.ARCHIVE_SIZE}) from "
       f"{input_pipeline.source_url()}"
     )
   else:
-    data = f"none in {os.path.abspath(config.data_dir)} (download off)"
-  checkpoints = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    data = f"none in {config.data_dir} (download off)"
+  checkpoints = os.path.join(workdir, "checkpoints")
   steps = []
   if os.path.isdir(checkpoints):
     steps = [int(n) for n in os.listdir(checkpoints) if n.isdigit()]
@@ -895,7 +895,7 @@ def describe_run(
     + (f" with {' '.join(overrides)}" if overrides else ""),
     f"  devices: {used}{of} x {', '.join(kinds)}{processes}",
     f"  data:    {data}",
-    f"  workdir: {os.path.abspath(workdir)}",
+    f"  workdir: {workdir}",
     f"  run:     {start}",
   ]
 
@@ -1089,9 +1089,8 @@ class _Checkpoints:
   """
 
   def __init__(self, workdir, config, dp, params, model_state):
-    self.directory = self._directory = os.path.abspath(
-      os.path.join(workdir, "checkpoints")
-    )
+    self._directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._shown = os.path.join(workdir, "checkpoints")  # in messages: as given
     self._damaged = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
     self._config = config
     self._manager = ocp.CheckpointManager(
@@ -1179,7 +1178,7 @@ class _Checkpoints:
           reason = f"its configuration cannot be read: {_reason(error)}"
     if not _on_every_process(reason is None):
       return None, reason or "unreadable on another process"
-    _check_resumable(saved, self._config, self._directory)
+    _check_resumable(saved, self._config, self._shown)
     try:
       args = ocp.args.Composite(train=ocp.args.StandardRestore(target))
       restored = self._manager.restore(step, args=args)["train"]
@@ -1311,7 +1310,7 @@ def _check_checkpoints(workdir: str, config) -> None:
           continue
         if _older_format(saved):  # restore skips it, saying why
           continue
-        _check_resumable(saved, config, directory)
+        _check_resumable(saved, config, os.path.join(workdir, "checkpoints"))
         return
   finally:
     manager.close()
