@@ -778,8 +778,10 @@ def train_and_evaluate(
             summary["eval_accuracy"] = evaluate(state, 0)[0]
           writer.write(step, {"eval_accuracy": summary["eval_accuracy"]})
       eta = progress.eta(step)
+      whole = step == total_steps or step == (epoch + 1) * steps_per_epoch
       progress.print(
-        f"epoch {epoch + 1}/{num_epochs} done  step {step}/{total_steps}  "
+        f"epoch {epoch + 1}/{num_epochs} {'done' if whole else 'stopped'}  "
+        f"step {step}/{total_steps}  "
         + "  ".join(f"{k} {v:.4g}" for k, v in summary.items())
         + f"  {seconds:.1f} s"
         + (f"  ETA {progress_lib.duration(eta)}" if eta and step < total_steps else "")
@@ -1091,7 +1093,7 @@ class _Checkpoints:
   def __init__(self, workdir, config, dp, params, model_state):
     self._directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self._shown = os.path.join(workdir, "checkpoints")  # in messages: as given
-    self._damaged = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
+    self._damaged = os.path.join(workdir, "checkpoints_damaged")
     self._config = config
     self._manager = ocp.CheckpointManager(
       self._directory,
@@ -1120,7 +1122,7 @@ class _Checkpoints:
         self._manager.wait_until_finished()
       except Exception as error:
         raise WorkdirError(
-          f"{self._directory}: cannot write the checkpoint of step {step} "
+          f"{self._shown}: cannot write the checkpoint of step {step} "
           f"({_reason(error)}); check that the folder is writable and has free "
           "space, or give another --workdir"
         ) from error
@@ -1146,13 +1148,13 @@ class _Checkpoints:
     if restored is None:
       if skipped and jax.process_index() == 0:
         print(
-          f"No intact checkpoint in {self._directory}: training starts at step 0.",
+          f"No intact checkpoint in {self._shown}: training starts at step 0.",
           file=sys.stderr,
           flush=True,
         )
       return 0, state, ema, data_key
     clock.totals["train"] = float(restored["train_seconds"])
-    print(f"Resumed from {self._directory} at step {step}.", flush=True)
+    print(f"Resumed from {self._shown} at step {step}.", flush=True)
     return (
       int(restored["step"]),
       parallel.TrainState(*restored["state"]),
@@ -1203,7 +1205,7 @@ class _Checkpoints:
     _sync_processes("checkpoints read")
     if jax.process_index() == 0:
       for step, reason in skipped:
-        folder = os.path.join(self._directory, str(step))
+        folder = os.path.join(self._shown, str(step))
         target, n = os.path.join(self._damaged, str(step)), 1
         while os.path.exists(target):
           target, n = os.path.join(self._damaged, f"{step}.{n}"), n + 1

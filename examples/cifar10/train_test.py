@@ -4,6 +4,7 @@ command line, all on a small synthetic dataset in the official layout that
 the tests write themselves (input_pipeline.write_synthetic)."""
 
 import functools
+import io
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import metrics as metrics_lib
 import models
 import numpy as np
 import optax
+import progress as progress_lib
 import pytest
 import train
 from configs import cpu
@@ -463,6 +465,61 @@ def test_gpu_recipe_lowers_with_float32_reductions():
   evaluate = train.create_eval_step(config, mesh, graphdef, tta_level=2)
   plain, tta = evaluate.lower(params, model_state, images).out_info
   assert plain.shape == tta.shape == (config.eval_batch_size,)
+
+
+# ---------------------------------------------------------- progress line
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_the_progress_line_is_redrawn_in_place_on_a_terminal():
+  out = _Terminal()
+  line = progress_lib.Progress(
+    total_steps=4,
+    steps_per_epoch=2,
+    batch_size=8,
+    start_step=0,
+    every_s=3600,
+    tty_every_s=0,
+    stream=out,
+  )
+  line.update(1, 2.0)
+  line.update(2, 1.5)
+  line.print("epoch 1/2 done")
+  line.update(3, 1.25)
+  line.close()
+  step = r"step {}/4  epoch {}/2  \d+ img/s  loss {}  ETA \d+:\d\d"
+  assert re.fullmatch(
+    "\r" + step.format(1, 1, "2.0000") + "\x1b\\[K"
+    "\r" + step.format(2, 1, "1.5000") + "\x1b\\[K"
+    "\r\x1b\\[Kepoch 1/2 done\n"
+    "\r" + step.format(3, 2, "1.2500") + "\x1b\\[K\n",
+    out.getvalue(),
+  ), repr(out.getvalue())
+
+
+def test_off_a_terminal_the_progress_line_is_whole_lines_at_its_interval():
+  """Nothing before the interval has passed but the last step; the
+  interval's pace itself is checked on a run in faults_test.py."""
+  out = io.StringIO()
+  line = progress_lib.Progress(
+    total_steps=4,
+    steps_per_epoch=2,
+    batch_size=8,
+    start_step=0,
+    every_s=3600,
+    stream=out,
+  )
+  for step in range(1, 5):
+    line.update(step, 1.0)
+  line.close()
+  (last,) = out.getvalue().splitlines()
+  assert last.startswith("step 4/4  epoch 2/2  ") and last.endswith("ETA 0:00")
+  assert progress_lib.duration(3725) == "1:02:05"
+  assert progress_lib.duration(65) == "1:05"
 
 
 # ---------------------------------------------------------- command line
