@@ -178,6 +178,8 @@ def _config(**changes):
     ("label_smoothing", 1.5, "[0, 1]"),
     ("num_devices", 9, "JAX has 8 devices"),
     ("data_dir", "", "a non-empty string"),
+    ("checkpoint_every_seconds", -1.0, "not a number >= 0"),
+    ("progress_every_seconds", 0, "not a number > 0"),
   ],
 )
 def test_each_invalid_field_is_one_line_naming_it(field, value, expected):
