@@ -4,7 +4,6 @@ Run in float64 (the x64 fixture) against the NumPy transcriptions in
 numpy_reference.py, so agreement is to rounding (about 1e-15), not to float32.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
