@@ -547,6 +547,10 @@ def _damage(step_folder, how):
   largest = max(data.iterdir(), key=lambda path: path.stat().st_size)
   if how == "no config":  # as written before the configuration was stored
     shutil.rmtree(step_folder / "config")
+  elif how == "no train_seconds":  # as written before the time was stored
+    metadata = json.loads((train_item / "_METADATA").read_text())
+    del metadata["tree_metadata"]["('train_seconds',)"]
+    (train_item / "_METADATA").write_text(json.dumps(metadata))
   elif how == "empty":
     shutil.rmtree(step_folder)
     step_folder.mkdir()
@@ -624,11 +628,16 @@ def test_without_an_intact_checkpoint_training_starts_afresh(
   interrupted, data_dir, tmp_path
 ):
   workdir = _copy(interrupted[0], tmp_path)
-  for step in range(1, 7):
+  for step in range(2, 7):
     _damage(workdir / "checkpoints" / str(step), "empty")
+  _damage(workdir / "checkpoints" / "1", "no train_seconds")
   done, _ = _run(workdir, *TINY, "--config.stop_after_steps=1", data_dir=data_dir)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert done.stderr.count("(its folder is empty)") == 6
+  assert done.stderr.count("(its folder is empty)") == 5
+  assert (
+    "Skipped the checkpoint of step 1 (an older checkpoint format: no "
+    "train_seconds); moved it to " in done.stderr
+  ), done.stderr
   assert (
     f"No intact checkpoint in {workdir / 'checkpoints'}: training starts at step 0."
     in done.stderr

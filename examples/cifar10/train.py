@@ -15,6 +15,7 @@ statistics over the mesh axis: over the global (micro-)batch, as on one
 device.
 """
 
+import ast
 import contextlib
 import difflib
 import functools
@@ -1192,7 +1193,13 @@ class _Checkpoints:
         if not os.path.exists(os.path.join(folder, name))
       ]
       restored = None
-      reason = f"{' and '.join(missing)} missing" if missing else _reason(error)
+      absent = [] if missing else _items_absent(folder, target)
+      if missing:
+        reason = f"{' and '.join(missing)} missing"
+      elif absent:
+        reason = f"an older checkpoint format: no {', '.join(absent)}"
+      else:
+        reason = _reason(error)
     if not _on_every_process(restored is not None):
       return None, reason or "unreadable on another process"
     return restored, None
@@ -1258,6 +1265,19 @@ def _older_format(saved: dict) -> str | None:
   if missing:
     return f"an older checkpoint format: its configuration has no {', '.join(missing)}"
   return None
+
+
+def _items_absent(folder: str, target: dict) -> list[str]:
+  """The items of `target` (state, ema, data_key, ...) that the train item
+  of the checkpoint in `folder` does not hold, by its _METADATA ([] if
+  that cannot be read)."""
+  try:
+    with open(os.path.join(folder, "train", "_METADATA"), encoding="utf-8") as f:
+      paths = json.load(f)["tree_metadata"]
+    stored = {ast.literal_eval(path)[0] for path in paths}
+  except (OSError, ValueError, KeyError, TypeError, SyntaxError, IndexError):
+    return []
+  return [name for name in target if name not in stored]
 
 
 def _check_resumable(saved: dict, config, directory: str) -> None:
