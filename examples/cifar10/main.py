@@ -23,10 +23,28 @@ import sys
 import threading
 import traceback
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+
+def _interrupted_while_starting(signum, frame):
+  """SIGINT or SIGTERM while the modules load (seconds, nothing done yet):
+  one line and out at once (a KeyboardInterrupt raised inside an import
+  would print a traceback, or be lost inside a garbage-collector callback)."""
+  del frame
+  command = shlex.join(["python", *sys.argv])
+  sys.stderr.write(
+    f"error: interrupted by {signal.Signals(signum).name} while starting, nothing "
+    f"done; run the same command again: {command}\n"
+  )
+  sys.stderr.flush()
+  os._exit(128 + signum)
+
+
+for _signum in (signal.SIGINT, signal.SIGTERM):
+  signal.signal(_signum, _interrupted_while_starting)
+
+from absl import app  # noqa: E402 (after the handlers)
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 try:
   import nag_optax  # noqa: F401

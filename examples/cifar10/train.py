@@ -610,6 +610,7 @@ def train_and_evaluate(
       f"data: {num_train} training and {len(data['eval_labels'])} evaluation images "
       f"in {clock.totals['data']:.1f} s"
     )
+    _raise_if_signalled(stop)
 
     # ---- Model, optimizer, and the distributed, compiled functions.
     dp, graphdef, params, model_state = create_train_step(
@@ -671,6 +672,7 @@ def train_and_evaluate(
       jax.block_until_ready((warm, ema))
       del warm, ema, plan
     _say(f"compiled in {clock.totals['compile']:.1f} s")
+    _raise_if_signalled(stop)
 
   # ---- State: fresh (the whitening init is part of the timed run) or
   # restored from the newest intact checkpoint.
@@ -981,6 +983,14 @@ def _removed_if_empty_on_error(folders):
       with contextlib.suppress(OSError):
         os.rmdir(folder)  # only if empty
     raise
+
+
+def _raise_if_signalled(stop) -> None:
+  """KeyboardInterrupt if a signal came in and was lost: the handler's
+  KeyboardInterrupt is swallowed when it lands in a garbage-collector
+  callback (JAX has one), and the run would go on."""
+  if stop is not None and stop.signum is not None:
+    raise KeyboardInterrupt
 
 
 def _say(line: str) -> None:
