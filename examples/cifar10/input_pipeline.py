@@ -34,7 +34,8 @@ URL_ENV = "CIFAR10_URL"  # a mirror of the official archive, if set
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
 ARCHIVE_BYTES = 170_498_071  # the official archive's size
-ARCHIVE_SIZE = "170.5 MB"  # the same, as stated to the user (1 MB = 10^6 bytes)
+# The sizes shown are in MB of 10^6 bytes throughout: "170.5 MB".
+ARCHIVE_SIZE = f"{ARCHIVE_BYTES / 1e6:.1f} MB"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 NUM_CLASSES = 10
