@@ -11,7 +11,9 @@ versions, git revision, load average at start and end), the command of each
 run (repository-relative), its wall time and its results (accuracy with and
 without TTA on the test set, or on the validation split with
 --override=--config.validation_images=N; train, compile and data seconds;
-the data's MD5). Prints a table and mean +- std over seeds.
+the data's MD5), and the first seed's training curve (loss, accuracy and
+learning rate per step, from its metrics.jsonl: the docs draw it). Prints a
+table and mean +- std over seeds.
 
   python benchmarks/cifar10_example.py --preset=cpu --seeds=3 --data-dir=data
   python benchmarks/cifar10_example.py --preset=default --seeds=5 --data-dir=data
@@ -34,6 +36,16 @@ else:
   import _common  # noqa: E402
 
 SPLITS = ("test", "validation")
+
+
+CURVE_KEYS = ("train_loss", "train_accuracy", "lr")
+
+
+def read_curve(workdir):
+  """The per-step rows of a run's metrics.jsonl, as one list per field."""
+  with open(f"{workdir}/metrics.jsonl") as f:
+    rows = [r for r in map(json.loads, f) if "train_loss" in r]
+  return {k: [r[k] for r in rows] for k in ("step", *CURVE_KEYS)}
 
 
 def run_once(preset, seed, data_dir, overrides, workdir):
@@ -83,6 +95,8 @@ def main(argv=None):
   for seed in range(args.first_seed, args.first_seed + args.seeds):
     with tempfile.TemporaryDirectory() as workdir:
       runs.append(run_once(args.preset, seed, args.data_dir, args.override, workdir))
+      if len(runs) == 1:
+        curve = {"seed": seed, **read_curve(workdir)}
   (split,) = [s for s in SPLITS if f"{s}_accuracy" in runs[0]]
   keys = (
     f"{split}_accuracy",
@@ -127,6 +141,7 @@ def main(argv=None):
       "overrides": args.override,
       "summary": summary,
       "runs": runs,
+      "curve": curve,
     },
     env,
   )
