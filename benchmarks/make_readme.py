@@ -1,12 +1,14 @@
-"""Writes the figures of benchmarks/README.md from benchmarks/results/*.json.
+"""Writes the measured figures of the READMEs from benchmarks/results/*.json.
 
 Every region between ``<!-- generated: NAME -->`` and ``<!-- end generated:
-NAME -->`` in the README is replaced by what ``RENDERERS[NAME]`` draws from
-the results files; the text outside those regions carries no measured
-number. Standard library only, so that the check is cheap.
+NAME -->`` in a page of ``PAGES`` (benchmarks/README.md, the example's
+README.md and the top-level README.md) is replaced by what
+``RENDERERS[NAME]`` draws from the results files; the text outside those
+regions carries no measured number. Standard library only, so that the
+check is cheap.
 
     python benchmarks/make_readme.py           # rewrite the regions
-    python benchmarks/make_readme.py --check   # exit 1 if README.md differs
+    python benchmarks/make_readme.py --check   # exit 1 if a page differs
 """
 
 import argparse
@@ -20,6 +22,8 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
+EXAMPLE_README = HERE.parent / "examples" / "cifar10" / "README.md"
+TOP_README = HERE.parent / "README.md"
 
 REGION = re.compile(
   r"(<!-- generated: (?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)"
@@ -493,6 +497,24 @@ def render_cifar10_example() -> str:
   )
 
 
+def render_cifar10_time() -> str:
+  """The top-level README's sentence on how long the first command takes."""
+  data = load("cifar10_cpu.json")
+  walls = [run["process_wall_seconds"] for run in data["runs"]]
+  trains = [run["train_seconds"] for run in data["runs"]]
+  machine = data["environment"]["machine"]
+  return (
+    f"How long they take: the first trained for {min(walls) / 60:.1f}-"
+    f"{max(walls) / 60:.1f} minutes end to end ({min(walls):.0f}-{max(walls):.0f} s,"
+    f" of which {min(trains):.0f}-{max(trains):.0f} s training, over"
+    f" {len(walls)} seeds) on a {machine['cpu_count']}-core {machine['cpu_model']}"
+    f" machine (load average {data['environment']['load_average_start'][0]} when"
+    " it started), once installed and with the data in `data/`"
+    " (`benchmarks/results/cifar10_cpu.json` records the machine, versions and"
+    " command)."
+  )
+
+
 # the scripts table ---------------------------------------------------------
 
 
@@ -560,24 +582,33 @@ RENDERERS = {
   "tuning": render_tuning,
   "optimizers": render_optimizers,
   "cifar10_example": render_cifar10_example,
+  "cifar10_time": render_cifar10_time,
+}
+
+# The regions each page must have.
+PAGES = {
+  README: tuple(name for name in RENDERERS if name != "cifar10_time"),
+  EXAMPLE_README: ("cifar10_example",),
+  TOP_README: ("cifar10_time",),
 }
 
 
-def render(text: str) -> str:
-  """``text`` with every generated region redrawn from the results files."""
+def render(text: str, regions=PAGES[README]) -> str:
+  """``text`` with every generated region redrawn from the results files;
+  ``regions`` are the names it must contain."""
   seen = []
 
   def replace(match):
     name = match["name"]
     if name not in RENDERERS:
-      raise KeyError(f"README.md: no renderer for the region {name!r}")
+      raise KeyError(f"no renderer for the region {name!r}")
     seen.append(name)
     return f"{match[1]}\n{RENDERERS[name]()}\n\n{match[4]}"
 
   out = REGION.sub(replace, text)
-  missing = sorted(set(RENDERERS) - set(seen))
+  missing = sorted(set(regions) - set(seen))
   if missing:
-    raise KeyError(f"README.md has no region for {missing}")
+    raise KeyError(f"no region for {missing}")
   return out
 
 
@@ -587,18 +618,21 @@ def main(argv=None) -> int:
     "--check", action="store_true", help="exit 1 if README.md is not what it writes"
   )
   args = parser.parse_args(argv)
-  current = README.read_text(encoding="utf-8")
-  wanted = render(current)
-  if args.check:
+  stale = []
+  for page, regions in PAGES.items():
+    current = page.read_text(encoding="utf-8")
+    wanted = render(current, regions)
     if current != wanted:
-      print(
-        "benchmarks/README.md differs from its results files: run"
-        " python benchmarks/make_readme.py",
-        file=sys.stderr,
-      )
-      return 1
-    return 0
-  README.write_text(wanted, encoding="utf-8")
+      stale.append(page.relative_to(HERE.parent))
+      if not args.check:
+        page.write_text(wanted, encoding="utf-8")
+  if args.check and stale:
+    print(
+      f"{', '.join(map(str, stale))} differ from the results files: run"
+      " python benchmarks/make_readme.py",
+      file=sys.stderr,
+    )
+    return 1
   return 0
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/README.md's figures are what benchmarks/make_readme.py draws.
+"""The READMEs' measured figures are what benchmarks/make_readme.py draws.
 
 The script reads only benchmarks/results/*.json and the standard library, so
 this check imports no JAX.
@@ -21,11 +21,16 @@ def make_readme():
   return module
 
 
-def test_readme_is_what_make_readme_writes(make_readme):
-  current = make_readme.README.read_text(encoding="utf-8")
-  assert current == make_readme.render(current), (
-    "benchmarks/README.md differs from its results files: run"
-    " python benchmarks/make_readme.py"
+@pytest.mark.parametrize("page", ["benchmarks", "example", "top"])
+def test_readme_is_what_make_readme_writes(make_readme, page):
+  path = {
+    "benchmarks": make_readme.README,
+    "example": make_readme.EXAMPLE_README,
+    "top": make_readme.TOP_README,
+  }[page]
+  current = path.read_text(encoding="utf-8")
+  assert current == make_readme.render(current, make_readme.PAGES[path]), (
+    f"{path.name} differs from its results files: run python benchmarks/make_readme.py"
   )
 
 
@@ -38,6 +43,11 @@ def test_a_changed_figure_is_caught(make_readme):
   assert edited != region
   tampered = current[:start] + edited + current[end:]
   assert make_readme.render(tampered) == current
+
+
+def test_a_page_without_its_region_is_caught(make_readme):
+  with pytest.raises(KeyError, match="no region for"):
+    make_readme.render("no regions here", ("cifar10_time",))
 
 
 def test_every_region_has_a_renderer(make_readme):
