@@ -188,8 +188,12 @@ def test_a_failing_worker_ends_the_other_promptly_with_real_statuses(tmp_path):
 
 
 # launch_local from a Python parent: prints its results as JSON lines.
+# A Python program with the usual Ctrl-C handling. Started in the background
+# by a non-interactive shell (as CI may be), a process inherits SIGINT
+# ignored, and launch_local rightly leaves an ignored signal ignored.
 PARENT = """\
-import json, sys
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from nag_optax import parallel
 worker, d, mode = sys.argv[1:]
 results = parallel.launch_local(
