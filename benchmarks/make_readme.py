@@ -503,10 +503,15 @@ def render_cifar10_time() -> str:
   walls = [run["process_wall_seconds"] for run in data["runs"]]
   trains = [run["train_seconds"] for run in data["runs"]]
   machine = data["environment"]["machine"]
+
+  def span(values, digits, scale=1.0):
+    low, high = (f"{scale * v:.{digits}f}" for v in (min(values), max(values)))
+    return low if low == high else f"{low}-{high}"
+
   return (
-    f"How long they take: the first trained for {min(walls) / 60:.1f}-"
-    f"{max(walls) / 60:.1f} minutes end to end ({min(walls):.0f}-{max(walls):.0f} s,"
-    f" of which {min(trains):.0f}-{max(trains):.0f} s training, over"
+    f"How long they take: the first trained for {span(walls, 1, 1 / 60)}"
+    f" minutes end to end ({span(walls, 0)} s,"
+    f" of which {span(trains, 0)} s training, over"
     f" {len(walls)} seeds) on a {machine['cpu_count']}-core {machine['cpu_model']}"
     f" machine (load average {data['environment']['load_average_start'][0]} when"
     " it started), once installed and with the data in `data/`"
