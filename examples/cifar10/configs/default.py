@@ -121,9 +121,10 @@ def get_config() -> ml_collections.ConfigDict:
   # process, to be resumed later (0: run to the end).
   config.stop_after_steps = 0
   # Written to a file or a pipe, the progress line (step, epoch, images/s,
-  # loss, ETA) is printed every this many seconds; on a terminal it is
-  # redrawn in place.
-  config.progress_every_seconds = 30.0
+  # loss, ETA) is printed once this many seconds have passed, at the end of
+  # the step then running (so a line comes at most a step later); on a
+  # terminal it is redrawn in place.
+  config.progress_every_seconds = 20.0
   # Plot curves.png from metrics.jsonl at the end.
   config.plot = True
   # Also write TensorBoard event files to <workdir>/tensorboard (needs
